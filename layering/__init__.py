@@ -1,0 +1,1 @@
+"""Copy-on-write image chains on a device-mapper thin-pool."""
