@@ -1,0 +1,201 @@
+"""The one place that issues a device-mapper ioctl.
+
+:func:`issue` packs a ``struct dm_ioctl`` header and an optional payload into one
+buffer, calls the ioctl on the control file, regrows the buffer while the kernel
+answers ``DM_BUFFER_FULL_FLAG``, turns a failure into a typed
+:class:`~dmioctl.errors.IoctlError`, and logs one DEBUG line per call.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+from dataclasses import dataclass
+
+from dmioctl.errors import DeviceBusy, DeviceExists, DMError, IoctlError, NoSuchDevice
+from dmioctl.uapi.dm import (
+    DM_VERSION_MAJOR,
+    DMCommand,
+    DMFlag,
+    dm_ioctl,
+    flat_codec,
+)
+
+log = logging.getLogger(__name__)
+
+_HEADER = flat_codec(dm_ioctl).struct
+#: The payload starts right after the header, which is already 8-byte aligned.
+DATA_START = _HEADER.size
+
+#: Buffer size for most commands, enough for a few dozen devices or targets.
+DEFAULT_BUFFER_SIZE = 16 * 1024
+#: The buffer is doubled while the kernel says the reply did not fit, up to this.
+MAX_BUFFER_SIZE = 64 * 1024 * 1024
+
+#: The interface version sent: the kernel accepts any minor up to its own, and
+#: nothing here depends on a feature newer than 4.0.
+_REQUEST_VERSION = (DM_VERSION_MAJOR, 0, 0)
+
+_ERRNO_CLASSES: dict[int, type[IoctlError]] = {
+    errno.ENXIO: NoSuchDevice,
+    errno.EEXIST: DeviceExists,
+    errno.EBUSY: DeviceBusy,
+}
+
+
+@dataclass(frozen=True)
+class Reply:
+    """The kernel's answer: the returned header fields and the whole buffer.
+
+    Payload offsets (``data_start`` and the records after it) are relative to
+    the start of ``buffer``, as the kernel computed them.
+    """
+
+    version: tuple[int, int, int]
+    data_size: int
+    data_start: int
+    target_count: int
+    open_count: int
+    flags: DMFlag
+    event_nr: int
+    dev: int
+    name: str
+    uuid: str
+    buffer: bytes
+
+    @property
+    def data(self) -> bytes:
+        """The payload the kernel wrote, from ``data_start`` to ``data_size``."""
+        return self.buffer[self.data_start : self.data_size]
+
+
+def describe(name: str, uuid: str, dev: int) -> str | None:
+    """How a device is named in messages: by name, else uuid, else number."""
+    if name:
+        return name
+    if uuid:
+        return f"uuid {uuid}"
+    if dev:
+        return f"dev {os.major(dev)}:{os.minor(dev)}"
+    return None
+
+
+def issue(
+    fd: int,
+    command: DMCommand,
+    *,
+    name: str = "",
+    uuid: str = "",
+    flags: DMFlag = DMFlag(0),
+    dev: int = 0,
+    event_nr: int = 0,
+    target_count: int = 0,
+    payload: bytes = b"",
+    buffer_size: int = DEFAULT_BUFFER_SIZE,
+) -> Reply:
+    """Issue ``command`` on the control file ``fd`` and return the kernel's reply.
+
+    Names and uuids must have been validated by the caller.  A reply that does
+    not fit is asked for again with a buffer twice as large, up to
+    :data:`MAX_BUFFER_SIZE`.  With ``DM_SECURE_DATA_FLAG`` the buffer is wiped
+    after use.
+
+    Raises:
+        NoSuchDevice: ENXIO, the device does not exist.
+        DeviceExists: EEXIST.
+        DeviceBusy: EBUSY.
+        IoctlError: any other errno; on DM_TABLE_LOAD with EINVAL the message
+            points at the kernel log, where the target says why.
+        DMError: the reply does not fit in :data:`MAX_BUFFER_SIZE`.
+    """
+    name_bytes = name.encode()
+    uuid_bytes = uuid.encode()
+    size = max(buffer_size, DATA_START + len(payload))
+    while True:
+        buffer = bytearray(size)
+        _HEADER.pack_into(
+            buffer,
+            0,
+            *_REQUEST_VERSION,
+            size,
+            DATA_START,
+            target_count,
+            0,
+            flags,
+            event_nr,
+            dev,
+            name_bytes,
+            uuid_bytes,
+        )
+        buffer[DATA_START : DATA_START + len(payload)] = payload
+        try:
+            fcntl.ioctl(fd, command.request, buffer)
+        except OSError as exc:
+            device = describe(name, uuid, dev)
+            log.debug(
+                "%s %s flags=%s -> %s",
+                command.kernel_name,
+                device or "-",
+                flags.words(),
+                errno.errorcode.get(exc.errno or 0, exc.errno),
+            )
+            _wipe_if_secret(buffer, flags)
+            raise _error(command, device, exc.errno or errno.EIO) from exc
+        reply = _unpack(buffer)
+        if DMFlag.DM_BUFFER_FULL_FLAG in reply.flags:
+            _wipe_if_secret(buffer, flags)
+            if size >= MAX_BUFFER_SIZE:
+                raise DMError(
+                    f"{command.kernel_name} reply does not fit in {MAX_BUFFER_SIZE} bytes"
+                )
+            size = min(size * 2, MAX_BUFFER_SIZE)
+            log.debug("%s reply did not fit: retrying with %d bytes", command.kernel_name, size)
+            continue
+        log.debug(
+            "%s %s flags=%s -> flags=%s event_nr=%d",
+            command.kernel_name,
+            describe(name, uuid, dev) or "-",
+            flags.words(),
+            reply.flags.words(),
+            reply.event_nr,
+        )
+        _wipe_if_secret(buffer, flags)
+        return reply
+
+
+def _unpack(buffer: bytearray) -> Reply:
+    v0, v1, v2, data_size, data_start, target_count, open_count, flags, event_nr, dev, name, uuid = (
+        _HEADER.unpack_from(buffer)
+    )
+    return Reply(
+        version=(v0, v1, v2),
+        data_size=min(data_size, len(buffer)),
+        data_start=data_start,
+        target_count=target_count,
+        open_count=open_count,
+        flags=DMFlag(flags),
+        event_nr=event_nr,
+        dev=dev,
+        name=_cstring(name),
+        uuid=_cstring(uuid),
+        buffer=bytes(buffer),
+    )
+
+
+def _cstring(raw: bytes) -> str:
+    return raw.split(b"\0", 1)[0].decode(errors="surrogateescape")
+
+
+def _wipe_if_secret(buffer: bytearray, flags: DMFlag) -> None:
+    if DMFlag.DM_SECURE_DATA_FLAG in flags:
+        buffer[:] = bytes(len(buffer))
+
+
+def _error(command: DMCommand, device: str | None, err: int) -> IoctlError:
+    hint = ""
+    if command is DMCommand.DM_TABLE_LOAD_CMD and err == errno.EINVAL:
+        hint = "the kernel log (dmesg) says why the table was refused"
+    cls = _ERRNO_CLASSES.get(err, IoctlError)
+    return cls(command.kernel_name, device, err, hint)

@@ -1,0 +1,1 @@
+"""Binary layouts and constants of the kernel's user-space API."""
