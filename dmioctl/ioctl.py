@@ -38,6 +38,8 @@ MAX_BUFFER_SIZE = 64 * 1024 * 1024
 #: nothing here depends on a feature newer than 4.0.
 _REQUEST_VERSION = (DM_VERSION_MAJOR, 0, 0)
 
+NO_FLAGS = DMFlag(0)
+
 _ERRNO_CLASSES: dict[int, type[IoctlError]] = {
     errno.ENXIO: NoSuchDevice,
     errno.EEXIST: DeviceExists,
@@ -88,7 +90,7 @@ def issue(
     *,
     name: str = "",
     uuid: str = "",
-    flags: DMFlag = DMFlag(0),
+    flags: DMFlag = NO_FLAGS,
     dev: int = 0,
     event_nr: int = 0,
     target_count: int = 0,
@@ -166,9 +168,20 @@ def issue(
 
 
 def _unpack(buffer: bytearray) -> Reply:
-    v0, v1, v2, data_size, data_start, target_count, open_count, flags, event_nr, dev, name, uuid = (
-        _HEADER.unpack_from(buffer)
-    )
+    (
+        v0,
+        v1,
+        v2,
+        data_size,
+        data_start,
+        target_count,
+        open_count,
+        flags,
+        event_nr,
+        dev,
+        name,
+        uuid,
+    ) = _HEADER.unpack_from(buffer)
     return Reply(
         version=(v0, v1, v2),
         data_size=min(data_size, len(buffer)),

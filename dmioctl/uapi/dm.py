@@ -140,7 +140,7 @@ _IOC_WRITE = 1
 _IOC_READ = 2
 
 
-def _IOWR(kind: int, nr: int, size: int) -> int:  # noqa: N802 - the kernel macro's name
+def _IOWR(kind: int, nr: int, size: int) -> int:
     """The request number of an ioctl that both reads and writes, as asm-generic/ioctl.h."""
     return ((_IOC_READ | _IOC_WRITE) << 30) | (size << 16) | (kind << 8) | nr
 

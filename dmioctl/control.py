@@ -1,0 +1,605 @@
+"""DeviceMapper: one method per device-mapper ioctl.
+
+A device has two table slots.  ``create`` makes a device with neither filled,
+``load_table`` fills the inactive slot, and ``resume`` swaps the inactive table
+into the active slot and lets I/O through; ``suspend`` holds I/O back again.
+Devices are named by name or, where a method takes ``uuid=``, by uuid; the
+kernel looks a uuid up in preference to a name.
+
+Every method validates its arguments and raises
+:class:`~dmioctl.errors.InvalidArgument` before any ioctl is issued.
+
+Example::
+
+    with DeviceMapper() as dm:
+        dm.create("scratch")
+        dm.load_table("scratch", [Target(0, 2048, "zero")])
+        dm.resume("scratch")
+        print(dm.status("scratch"))
+        dm.remove("scratch")
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import select
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from construct import CString
+
+from dmioctl import nodes
+from dmioctl.errors import DeviceBusy, DMError, InvalidArgument
+from dmioctl.ioctl import Reply, issue
+from dmioctl.table import Target, validate
+from dmioctl.uapi.dm import (
+    DM_NAME_LEN,
+    DM_NAME_LIST_FLAG_DOESNT_HAVE_UUID,
+    DM_NAME_LIST_FLAG_HAS_UUID,
+    DM_UUID_LEN,
+    DMCommand,
+    DMFlag,
+    dm_name_list,
+    dm_name_list_trailer,
+    dm_target_deps,
+    dm_target_msg,
+    dm_target_spec,
+    dm_target_versions,
+)
+
+log = logging.getLogger(__name__)
+
+CONTROL_PATH = "/dev/mapper/control"
+
+_SPEC_SIZE = dm_target_spec.sizeof()
+#: Offset of dm_name_list.name: the fixed fields before it.
+_NAME_LIST_HEAD = dm_name_list.subcons[0].sizeof() + dm_name_list.subcons[1].sizeof()
+_MESSAGE_BUFFER_SIZE = 64 * 1024
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """What DM_DEV_STATUS (and most other commands) report about a device."""
+
+    name: str
+    uuid: str
+    major: int
+    minor: int
+    open_count: int
+    event_nr: int
+    target_count: int
+    flags: DMFlag
+
+    @property
+    def suspended(self) -> bool:
+        return DMFlag.DM_SUSPEND_FLAG in self.flags
+
+    @property
+    def read_only(self) -> bool:
+        return DMFlag.DM_READONLY_FLAG in self.flags
+
+    @property
+    def active_table(self) -> bool:
+        return DMFlag.DM_ACTIVE_PRESENT_FLAG in self.flags
+
+    @property
+    def inactive_table(self) -> bool:
+        return DMFlag.DM_INACTIVE_PRESENT_FLAG in self.flags
+
+    @property
+    def deferred_remove(self) -> bool:
+        return DMFlag.DM_DEFERRED_REMOVE in self.flags
+
+    @property
+    def node(self) -> str:
+        """The device's node under /dev/mapper."""
+        return nodes.node_path(self.name)
+
+
+@dataclass(frozen=True)
+class ListedDevice:
+    """One entry of DM_LIST_DEVICES.
+
+    ``event_nr`` and ``uuid`` are ``None`` on kernels too old to report them.
+    """
+
+    name: str
+    major: int
+    minor: int
+    event_nr: int | None
+    uuid: str | None
+
+
+@dataclass(frozen=True)
+class TargetVersion:
+    """A target type the kernel knows, with its version."""
+
+    name: str
+    version: tuple[int, int, int]
+
+
+def validate_name(name: str) -> None:
+    """Check a device name: 1 to 127 bytes, no '/', no NUL, not '.' or '..'."""
+    encoded = name.encode(errors="surrogateescape")
+    if not encoded or len(encoded) >= DM_NAME_LEN:
+        raise InvalidArgument(
+            f"device name {name!r} must be 1 to {DM_NAME_LEN - 1} bytes, is {len(encoded)}"
+        )
+    if "/" in name or "\0" in name or name in (".", ".."):
+        raise InvalidArgument(f"device name {name!r} must not contain '/' or NUL, nor be . or ..")
+
+
+def validate_uuid(uuid: str) -> None:
+    """Check a uuid: 1 to 128 bytes, no NUL."""
+    encoded = uuid.encode(errors="surrogateescape")
+    if not encoded or len(encoded) >= DM_UUID_LEN or b"\0" in encoded:
+        raise InvalidArgument(f"uuid {uuid!r} must be 1 to {DM_UUID_LEN - 1} bytes without NUL")
+
+
+class DeviceMapper:
+    """The device-mapper control file, with one method per ioctl.
+
+    Opens ``/dev/mapper/control`` (or ``path``); use it as a context manager or
+    call :meth:`close`.  ``manage_nodes`` keeps ``/dev/mapper/<name>`` in step
+    with the devices (see :mod:`dmioctl.nodes`).
+    """
+
+    def __init__(self, path: str = CONTROL_PATH, *, manage_nodes: bool = True) -> None:
+        try:
+            self.fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError as exc:
+            raise DMError(
+                f"device-mapper is not available: {path} does not exist "
+                "(is the dm-mod module loaded?)"
+            ) from exc
+        self.path = path
+        self.manage_nodes = manage_nodes
+
+    def close(self) -> None:
+        """Close the control file."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> DeviceMapper:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # Top-level commands
+
+    def version(self) -> tuple[int, int, int]:
+        """DM_VERSION: the kernel's ioctl interface version."""
+        return issue(self.fd, DMCommand.DM_VERSION_CMD).version
+
+    def remove_all(self, *, deferred: bool = False) -> None:
+        """DM_REMOVE_ALL: remove every device that is not open, destroying its tables.
+
+        With ``deferred``, open devices are removed when last closed.  Meant for
+        tests and debugging.
+        """
+        flags = DMFlag.DM_DEFERRED_REMOVE if deferred else DMFlag(0)
+        before = self.list_devices() if self.manage_nodes else []
+        issue(self.fd, DMCommand.DM_REMOVE_ALL_CMD, flags=flags)
+        if before:
+            remaining = {device.name for device in self.list_devices()}
+            for device in before:
+                if device.name not in remaining:
+                    nodes.removed(device.name)
+
+    def list_devices(self) -> list[ListedDevice]:
+        """DM_LIST_DEVICES: every device, with its number and, where reported, uuid."""
+        reply = issue(self.fd, DMCommand.DM_LIST_DEVICES_CMD)
+        return _parse_name_list(reply)
+
+    # Device commands
+
+    def create(self, name: str, *, uuid: str = "", read_only: bool = False) -> DeviceInfo:
+        """DM_DEV_CREATE: create a device with no table, and its node.
+
+        Flags: ``read_only`` (DM_READONLY_FLAG).
+
+        Raises:
+            DeviceExists: a device with this name or uuid exists.
+        """
+        validate_name(name)
+        if uuid:
+            validate_uuid(uuid)
+        flags = DMFlag.DM_READONLY_FLAG if read_only else DMFlag(0)
+        info = _info(
+            issue(self.fd, DMCommand.DM_DEV_CREATE_CMD, name=name, uuid=uuid, flags=flags)
+        )
+        if self.manage_nodes:
+            nodes.created(info.name, info.major, info.minor)
+        return info
+
+    def remove(
+        self,
+        name: str = "",
+        *,
+        uuid: str = "",
+        deferred: bool = False,
+        retries: int = 0,
+        retry_delay: float = 0.2,
+    ) -> DeviceInfo:
+        """DM_DEV_REMOVE: remove a device and its tables, and its node.
+
+        Flags: ``deferred`` (DM_DEFERRED_REMOVE): an open device is removed when
+        last closed; the returned info then has ``deferred_remove`` set.  A busy
+        device is tried ``retries`` more times, ``retry_delay`` seconds apart.
+
+        Raises:
+            NoSuchDevice: no such device.
+            DeviceBusy: the device is open, after all tries.
+        """
+        self._check_ref(name, uuid)
+        flags = DMFlag.DM_DEFERRED_REMOVE if deferred else DMFlag(0)
+        attempts = retries + 1
+        for attempt in range(1, attempts + 1):
+            try:
+                reply = issue(
+                    self.fd, DMCommand.DM_DEV_REMOVE_CMD, name=name, uuid=uuid, flags=flags
+                )
+                break
+            except DeviceBusy:
+                if attempt == attempts:
+                    raise
+                log.debug("DM_DEV_REMOVE %s busy, attempt %d/%d", name or uuid, attempt, attempts)
+                time.sleep(retry_delay)
+        info = _info(reply)
+        if self.manage_nodes and not info.deferred_remove:
+            nodes.removed(info.name)
+        return info
+
+    def rename(
+        self, name: str = "", *, uuid: str = "", new_name: str = "", new_uuid: str = ""
+    ) -> DeviceInfo:
+        """DM_DEV_RENAME: give a device a new name, or set its uuid.
+
+        Exactly one of ``new_name`` and ``new_uuid``; ``new_uuid`` uses
+        DM_UUID_FLAG, which the kernel allows only while the device has no uuid.
+        """
+        self._check_ref(name, uuid)
+        if bool(new_name) == bool(new_uuid):
+            raise InvalidArgument("rename takes exactly one of new_name and new_uuid")
+        if new_name:
+            validate_name(new_name)
+            payload, flags = new_name.encode() + b"\0", DMFlag(0)
+        else:
+            validate_uuid(new_uuid)
+            payload, flags = new_uuid.encode() + b"\0", DMFlag.DM_UUID_FLAG
+        info = _info(
+            issue(
+                self.fd,
+                DMCommand.DM_DEV_RENAME_CMD,
+                name=name,
+                uuid=uuid,
+                flags=flags,
+                payload=payload,
+            )
+        )
+        if self.manage_nodes and new_name:
+            nodes.renamed(info.name, new_name, info.major, info.minor)
+        return info if not new_name else self.info(new_name)
+
+    def suspend(
+        self, name: str = "", *, uuid: str = "", noflush: bool = False, skip_lockfs: bool = False
+    ) -> DeviceInfo:
+        """DM_DEV_SUSPEND with DM_SUSPEND_FLAG: wait for in-flight I/O, then hold new I/O.
+
+        Flags: ``noflush`` (DM_NOFLUSH_FLAG) keeps queued I/O instead of flushing
+        it; ``skip_lockfs`` (DM_SKIP_LOCKFS_FLAG) does not freeze a filesystem.
+        """
+        self._check_ref(name, uuid)
+        flags = DMFlag.DM_SUSPEND_FLAG
+        if noflush:
+            flags |= DMFlag.DM_NOFLUSH_FLAG
+        if skip_lockfs:
+            flags |= DMFlag.DM_SKIP_LOCKFS_FLAG
+        return _info(
+            issue(self.fd, DMCommand.DM_DEV_SUSPEND_CMD, name=name, uuid=uuid, flags=flags)
+        )
+
+    def resume(self, name: str = "", *, uuid: str = "") -> DeviceInfo:
+        """DM_DEV_SUSPEND without DM_SUSPEND_FLAG: make the inactive table active, let I/O through.
+
+        Resuming a device that is not suspended is not an error.
+        """
+        self._check_ref(name, uuid)
+        info = _info(issue(self.fd, DMCommand.DM_DEV_SUSPEND_CMD, name=name, uuid=uuid))
+        if self.manage_nodes:
+            nodes.created(info.name, info.major, info.minor, active=info.active_table)
+        return info
+
+    @contextlib.contextmanager
+    def suspended(
+        self, name: str = "", *, uuid: str = "", noflush: bool = False, skip_lockfs: bool = False
+    ) -> Iterator[DeviceInfo]:
+        """Suspend a device for the ``with`` block and always resume it afterwards."""
+        info = self.suspend(name, uuid=uuid, noflush=noflush, skip_lockfs=skip_lockfs)
+        try:
+            yield info
+        finally:
+            try:
+                self.resume(name, uuid=uuid)
+            except DMError:
+                log.warning("device %s left suspended: resume failed", name or uuid)
+                raise
+
+    def info(self, name: str = "", *, uuid: str = "") -> DeviceInfo:
+        """DM_DEV_STATUS: the device's state (the kernel's name for this is 'status')."""
+        self._check_ref(name, uuid)
+        return _info(issue(self.fd, DMCommand.DM_DEV_STATUS_CMD, name=name, uuid=uuid))
+
+    def wait(
+        self, name: str = "", *, uuid: str = "", event_nr: int = 0
+    ) -> tuple[DeviceInfo, list[Target]]:
+        """DM_DEV_WAIT: block until the device's event counter passes ``event_nr``.
+
+        Returns the device's info, whose ``event_nr`` is the new counter, and its
+        status lines.  Returns at once when the counter already differs.
+        """
+        self._check_ref(name, uuid)
+        reply = issue(self.fd, DMCommand.DM_DEV_WAIT_CMD, name=name, uuid=uuid, event_nr=event_nr)
+        return _info(reply), _parse_targets(reply)
+
+    def arm_poll(self) -> None:
+        """DM_DEV_ARM_POLL: make the control file pollable for the next event of any device."""
+        issue(self.fd, DMCommand.DM_DEV_ARM_POLL_CMD)
+
+    def poll(self, timeout: float | None = None) -> bool:
+        """Wait until an event arrives after :meth:`arm_poll`; False on timeout."""
+        poller = select.poll()
+        poller.register(self.fd, select.POLLIN)
+        return bool(poller.poll(None if timeout is None else int(timeout * 1000)))
+
+    def set_geometry(
+        self, name: str, cylinders: int, heads: int, sectors: int, start: int
+    ) -> None:
+        """DM_DEV_SET_GEOMETRY: set the CHS geometry reported for the device."""
+        validate_name(name)
+        for label, value in (("cylinders", cylinders), ("heads", heads), ("sectors", sectors)):
+            if value < 0:
+                raise InvalidArgument(f"geometry {label} {value} must not be negative")
+        if start < 0:
+            raise InvalidArgument(f"geometry start {start} must not be negative")
+        payload = f"{cylinders} {heads} {sectors} {start}".encode() + b"\0"
+        issue(self.fd, DMCommand.DM_DEV_SET_GEOMETRY_CMD, name=name, payload=payload)
+
+    # Table commands
+
+    def load_table(
+        self,
+        name: str = "",
+        targets: Sequence[Target] = (),
+        *,
+        uuid: str = "",
+        read_only: bool = False,
+    ) -> DeviceInfo:
+        """DM_TABLE_LOAD: load ``targets`` into the inactive slot; ``resume`` activates it.
+
+        Flags: ``read_only`` (DM_READONLY_FLAG).
+
+        Raises:
+            InvalidArgument: the targets do not form a table (see table.validate).
+            IoctlError: EINVAL when a target refuses its parameters (the kernel
+                log says why).
+        """
+        self._check_ref(name, uuid)
+        if not targets:
+            raise InvalidArgument("a table needs at least one target")
+        validate(targets)
+        flags = DMFlag.DM_READONLY_FLAG if read_only else DMFlag(0)
+        reply = issue(
+            self.fd,
+            DMCommand.DM_TABLE_LOAD_CMD,
+            name=name,
+            uuid=uuid,
+            flags=flags,
+            target_count=len(targets),
+            payload=_pack_targets(targets),
+        )
+        return _info(reply)
+
+    def clear_table(self, name: str = "", *, uuid: str = "") -> DeviceInfo:
+        """DM_TABLE_CLEAR: drop the table in the inactive slot."""
+        self._check_ref(name, uuid)
+        return _info(issue(self.fd, DMCommand.DM_TABLE_CLEAR_CMD, name=name, uuid=uuid))
+
+    def deps(self, name: str = "", *, uuid: str = "") -> list[tuple[int, int]]:
+        """DM_TABLE_DEPS: (major, minor) of each device the active table uses."""
+        self._check_ref(name, uuid)
+        reply = issue(self.fd, DMCommand.DM_TABLE_DEPS_CMD, name=name, uuid=uuid)
+        parsed = dm_target_deps.parse(reply.data)
+        return [(os.major(dev), os.minor(dev)) for dev in parsed.dev]
+
+    def table(self, name: str = "", *, uuid: str = "", inactive: bool = False) -> list[Target]:
+        """DM_TABLE_STATUS with DM_STATUS_TABLE_FLAG: the table's lines.
+
+        Flags: ``inactive`` (DM_QUERY_INACTIVE_TABLE_FLAG) reads the inactive slot.
+        """
+        return self._table_status(name, uuid, DMFlag.DM_STATUS_TABLE_FLAG, inactive)
+
+    def status(
+        self, name: str = "", *, uuid: str = "", inactive: bool = False, noflush: bool = False
+    ) -> list[Target]:
+        """DM_TABLE_STATUS: each target's status line; ``params`` holds the status.
+
+        Flags: ``inactive`` (DM_QUERY_INACTIVE_TABLE_FLAG); ``noflush``
+        (DM_NOFLUSH_FLAG) lets thin targets skip committing metadata first.
+        """
+        return self._table_status(
+            name, uuid, DMFlag.DM_NOFLUSH_FLAG if noflush else DMFlag(0), inactive
+        )
+
+    def _table_status(self, name: str, uuid: str, flags: DMFlag, inactive: bool) -> list[Target]:
+        self._check_ref(name, uuid)
+        if inactive:
+            flags |= DMFlag.DM_QUERY_INACTIVE_TABLE_FLAG
+        reply = issue(self.fd, DMCommand.DM_TABLE_STATUS_CMD, name=name, uuid=uuid, flags=flags)
+        return _parse_targets(reply)
+
+    def list_versions(self) -> list[TargetVersion]:
+        """DM_LIST_VERSIONS: every target type the kernel has loaded, with versions."""
+        reply = issue(self.fd, DMCommand.DM_LIST_VERSIONS_CMD)
+        versions: list[TargetVersion] = []
+        offset = reply.data_start
+        while True:
+            record = dm_target_versions.parse(reply.buffer[offset:])
+            versions.append(TargetVersion(record.name, tuple(record.version)))
+            if not record.next:
+                return versions
+            offset += record.next
+
+    def get_target_version(self, target_type: str) -> tuple[int, int, int]:
+        """DM_GET_TARGET_VERSION: one target type's version, loading its module if needed.
+
+        Raises:
+            IoctlError: EINVAL when no such target type exists.
+        """
+        payload = dm_target_versions.build({"next": 0, "version": [0, 0, 0], "name": target_type})
+        reply = issue(
+            self.fd,
+            DMCommand.DM_GET_TARGET_VERSION_CMD,
+            payload=payload + bytes(-len(payload) % 8),
+        )
+        record = dm_target_versions.parse(reply.data)
+        return (record.version[0], record.version[1], record.version[2])
+
+    def target_message(
+        self, name: str = "", message: str = "", *, uuid: str = "", sector: int = 0
+    ) -> str | None:
+        """DM_TARGET_MSG: send ``message`` to the target covering ``sector``.
+
+        Returns the target's reply text when the kernel sets DM_DATA_OUT_FLAG,
+        else None.
+        """
+        self._check_ref(name, uuid)
+        if not message or "\0" in message:
+            raise InvalidArgument("a target message must be non-empty and contain no NUL")
+        if sector < 0:
+            raise InvalidArgument(f"message sector {sector} must not be negative")
+        payload = dm_target_msg.build({"sector": sector, "message": message})
+        reply = issue(
+            self.fd,
+            DMCommand.DM_TARGET_MSG_CMD,
+            name=name,
+            uuid=uuid,
+            payload=payload,
+            buffer_size=_MESSAGE_BUFFER_SIZE,
+        )
+        if DMFlag.DM_DATA_OUT_FLAG not in reply.flags:
+            return None
+        return str(CString("utf8").parse(reply.data))
+
+    @staticmethod
+    def _check_ref(name: str, uuid: str) -> None:
+        if bool(name) == bool(uuid):
+            raise InvalidArgument("name a device by exactly one of name and uuid")
+        if name:
+            validate_name(name)
+        else:
+            validate_uuid(uuid)
+
+
+def _info(reply: Reply) -> DeviceInfo:
+    return DeviceInfo(
+        name=reply.name,
+        uuid=reply.uuid,
+        major=os.major(reply.dev),
+        minor=os.minor(reply.dev),
+        open_count=reply.open_count,
+        event_nr=reply.event_nr,
+        target_count=reply.target_count,
+        flags=reply.flags,
+    )
+
+
+def _pack_targets(targets: Sequence[Target]) -> bytes:
+    """The DM_TABLE_LOAD payload: each spec, its NUL-terminated parameters, padded to 8."""
+    chunks: list[bytes] = []
+    for target in targets:
+        params = target.params.encode() + b"\0"
+        params += bytes(-(_SPEC_SIZE + len(params)) % 8)
+        chunks.append(
+            dm_target_spec.build(
+                {
+                    "sector_start": target.start,
+                    "length": target.length,
+                    "status": 0,
+                    "next": _SPEC_SIZE + len(params),
+                    "target_type": target.target_type,
+                }
+            )
+            + params
+        )
+    return b"".join(chunks)
+
+
+def _parse_targets(reply: Reply) -> list[Target]:
+    """Targets of a DM_TABLE_STATUS reply; each ``next`` counts from the first spec."""
+    targets: list[Target] = []
+    offset = reply.data_start
+    for _ in range(reply.target_count):
+        spec = dm_target_spec.parse(reply.buffer[offset : offset + _SPEC_SIZE])
+        params = CString("utf8").parse(reply.buffer[offset + _SPEC_SIZE :])
+        targets.append(Target(spec.sector_start, spec.length, spec.target_type, params))
+        offset = reply.data_start + spec.next
+    return targets
+
+
+def _parse_name_list(reply: Reply) -> list[ListedDevice]:
+    """Records of a DM_LIST_DEVICES reply.
+
+    After each name, aligned to 8 bytes from the buffer's start, interface 4.37
+    added the event number, and 4.46 the flags and the uuid (see dm-ioctl.c
+    list_devices).  An empty list is a single zeroed record.
+    """
+    has_event_nr = reply.version[:2] >= (4, 37)
+    has_uuid = reply.version[:2] >= (4, 46)
+    devices: list[ListedDevice] = []
+    offset = reply.data_start
+    end = reply.data_size
+    if end - offset < _NAME_LIST_HEAD:
+        return devices
+    while True:
+        record = dm_name_list.parse(reply.buffer[offset:end])
+        if not record.dev and not record.name:
+            return devices
+        record_end = offset + record.next if record.next else end
+        trailer_at = _align8(offset + _NAME_LIST_HEAD + len(record.name.encode()) + 1)
+        event_nr: int | None = None
+        uuid: str | None = None
+        if has_event_nr:
+            trailer = dm_name_list_trailer.parse(reply.buffer[trailer_at:])
+            event_nr = trailer.event_nr
+            if has_uuid and trailer.flags & DM_NAME_LIST_FLAG_HAS_UUID:
+                uuid_at = trailer_at + dm_name_list_trailer.sizeof()
+                uuid = CString("utf8").parse(reply.buffer[uuid_at:record_end])
+            elif has_uuid and trailer.flags & DM_NAME_LIST_FLAG_DOESNT_HAVE_UUID:
+                uuid = ""
+        devices.append(
+            ListedDevice(record.name, os.major(record.dev), os.minor(record.dev), event_nr, uuid)
+        )
+        if not record.next:
+            return devices
+        offset += record.next
+
+
+def _align8(offset: int) -> int:
+    return (offset + 7) & ~7
+
+
+__all__ = [
+    "CONTROL_PATH",
+    "DeviceInfo",
+    "DeviceMapper",
+    "ListedDevice",
+    "TargetVersion",
+    "validate_name",
+    "validate_uuid",
+]
