@@ -98,8 +98,10 @@ class Chain:
 
     def usage(self) -> str:
         fields = self.dm.status(self.pool)[0].params.split()
-        used, total = fields[2].split("/")
-        return f"data {int(used) * BLOCK_SECTORS * SECTOR >> 20} MiB used of {int(total) * BLOCK_SECTORS * SECTOR >> 20} MiB"
+        used, total = (
+            int(blocks) * BLOCK_SECTORS * SECTOR >> 20 for blocks in fields[2].split("/")
+        )
+        return f"data {used} MiB used of {total} MiB"
 
 
 def main() -> int:
