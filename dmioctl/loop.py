@@ -6,7 +6,8 @@ The model, as in ``drivers/block/loop.c``:
   of an unbound device, creating a new device when every existing one is bound.
   Nothing reserves that number: another process may bind it first, and binding then
   fails with EBUSY.  :func:`attach` asks for a fresh number a bounded number of
-  times, logging each attempt.
+  times, logging each attempt.  ``LOOP_CTL_ADD`` and ``LOOP_CTL_REMOVE`` create and
+  delete unbound devices by number (:func:`add`, :func:`remove`).
 * ``LOOP_CONFIGURE`` (Linux 5.8) binds an open backing file -- a regular file or a
   block device -- with its offset, size limit, flags and logical block size in one
   step.  Older kernels get ``LOOP_SET_FD`` and then ``LOOP_SET_STATUS64``,
