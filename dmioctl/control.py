@@ -33,7 +33,7 @@ from construct import CString
 
 from dmioctl import nodes
 from dmioctl.errors import DeviceBusy, DMError, InvalidArgument
-from dmioctl.ioctl import Reply, issue
+from dmioctl.ioctl import Reply, cstring, issue
 from dmioctl.table import Target, validate
 from dmioctl.uapi.dm import (
     DM_NAME_LEN,
@@ -48,13 +48,16 @@ from dmioctl.uapi.dm import (
     dm_target_msg,
     dm_target_spec,
     dm_target_versions,
+    flat_codec,
 )
 
 log = logging.getLogger(__name__)
 
 CONTROL_PATH = "/dev/mapper/control"
 
-_SPEC_SIZE = dm_target_spec.sizeof()
+#: dm_target_spec as one precompiled struct: table specs are packed and parsed per call.
+_SPEC = flat_codec(dm_target_spec).struct
+_SPEC_SIZE = _SPEC.size
 #: Offset of dm_name_list.name: the fixed fields before it.
 _NAME_LIST_HEAD = dm_name_list.subcons[0].sizeof() + dm_name_list.subcons[1].sizeof()
 _MESSAGE_BUFFER_SIZE = 64 * 1024
@@ -525,30 +528,24 @@ def _pack_targets(targets: Sequence[Target]) -> bytes:
     for target in targets:
         params = target.params.encode() + b"\0"
         params += bytes(-(_SPEC_SIZE + len(params)) % 8)
-        chunks.append(
-            dm_target_spec.build(
-                {
-                    "sector_start": target.start,
-                    "length": target.length,
-                    "status": 0,
-                    "next": _SPEC_SIZE + len(params),
-                    "target_type": target.target_type,
-                }
-            )
-            + params
+        spec = _SPEC.pack(
+            target.start, target.length, 0, _SPEC_SIZE + len(params), target.target_type.encode()
         )
+        chunks.append(spec + params)
     return b"".join(chunks)
 
 
 def _parse_targets(reply: Reply) -> list[Target]:
     """Targets of a DM_TABLE_STATUS reply; each ``next`` counts from the first spec."""
     targets: list[Target] = []
+    buffer = reply.buffer
     offset = reply.data_start
     for _ in range(reply.target_count):
-        spec = dm_target_spec.parse(reply.buffer[offset : offset + _SPEC_SIZE])
-        params = CString("utf8").parse(reply.buffer[offset + _SPEC_SIZE :])
-        targets.append(Target(spec.sector_start, spec.length, spec.target_type, params))
-        offset = reply.data_start + spec.next
+        start, length, _status, next_offset, target_type = _SPEC.unpack_from(buffer, offset)
+        params_at = offset + _SPEC_SIZE
+        params = buffer[params_at : buffer.index(0, params_at)].decode()
+        targets.append(Target(start, length, cstring(target_type), params))
+        offset = reply.data_start + next_offset
     return targets
 
 

@@ -194,13 +194,14 @@ def _unpack(buffer: bytearray) -> Reply:
         flags=DMFlag(flags),
         event_nr=event_nr,
         dev=dev,
-        name=_cstring(name),
-        uuid=_cstring(uuid),
+        name=cstring(name),
+        uuid=cstring(uuid),
         buffer=buffer,
     )
 
 
-def _cstring(raw: bytes) -> str:
+def cstring(raw: bytes) -> str:
+    """The text of a NUL-padded fixed-size field."""
     return raw.split(b"\0", 1)[0].decode(errors="surrogateescape")
 
 

@@ -131,7 +131,7 @@ class DMCommand(enum.IntEnum):
     @property
     def request(self) -> int:
         """The ioctl request number, ``_IOWR(DM_IOCTL, cmd, struct dm_ioctl)``."""
-        return _IOWR(DM_IOCTL, self, dm_ioctl.sizeof())
+        return _REQUESTS[self]
 
 
 DM_IOCTL = 0xFD
@@ -144,6 +144,8 @@ def _IOWR(kind: int, nr: int, size: int) -> int:
     """The request number of an ioctl that both reads and writes, as asm-generic/ioctl.h."""
     return ((_IOC_READ | _IOC_WRITE) << 30) | (size << 16) | (kind << 8) | nr
 
+
+_REQUESTS = {command: _IOWR(DM_IOCTL, command, dm_ioctl.sizeof()) for command in DMCommand}
 
 DM_VERSION = DMCommand.DM_VERSION_CMD.request
 DM_REMOVE_ALL = DMCommand.DM_REMOVE_ALL_CMD.request

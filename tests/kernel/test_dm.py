@@ -45,7 +45,6 @@ def test_life_cycle(dm: DeviceMapper, prefix: str) -> None:
     created = dm.create(name, uuid=prefix + "uuid")
     assert created.name == name
     assert created.uuid == prefix + "uuid"
-    assert created.suspended
     assert not created.active_table and not created.inactive_table
     node = os.stat(node_path(name))
     assert stat.S_ISBLK(node.st_mode)
