@@ -36,6 +36,7 @@ from dmioctl.errors import DeviceBusy, DMError, InvalidArgument
 from dmioctl.ioctl import Reply, cstring, issue
 from dmioctl.table import Target, validate
 from dmioctl.uapi.dm import (
+    DM_MAX_TYPE_NAME,
     DM_NAME_LEN,
     DM_NAME_LIST_FLAG_DOESNT_HAVE_UUID,
     DM_NAME_LIST_FLAG_HAS_UUID,
@@ -204,7 +205,8 @@ class DeviceMapper:
     def create(self, name: str, *, uuid: str = "", read_only: bool = False) -> DeviceInfo:
         """DM_DEV_CREATE: create a device with no table, and its node.
 
-        Flags: ``read_only`` (DM_READONLY_FLAG).
+        Flags: ``read_only`` (DM_READONLY_FLAG) is passed on; the kernel makes a
+        device read-only when a table loaded with ``read_only`` goes live.
 
         Raises:
             DeviceExists: a device with this name or uuid exists.
@@ -287,7 +289,8 @@ class DeviceMapper:
         )
         if self.manage_nodes and new_name:
             nodes.renamed(info.name, new_name, info.major, info.minor)
-        return info if not new_name else self.info(new_name)
+        # The reply carries the name and uuid as sent: ask for the new ones.
+        return self.info(new_name) if new_name else self.info(name, uuid=uuid)
 
     def suspend(
         self, name: str = "", *, uuid: str = "", noflush: bool = False, skip_lockfs: bool = False
@@ -461,15 +464,16 @@ class DeviceMapper:
     def get_target_version(self, target_type: str) -> tuple[int, int, int]:
         """DM_GET_TARGET_VERSION: one target type's version, loading its module if needed.
 
+        The kernel takes the type in the header's name field and answers with one
+        dm_target_versions record.
+
         Raises:
             IoctlError: EINVAL when no such target type exists.
         """
-        payload = dm_target_versions.build({"next": 0, "version": [0, 0, 0], "name": target_type})
-        reply = issue(
-            self.fd,
-            DMCommand.DM_GET_TARGET_VERSION_CMD,
-            payload=payload + bytes(-len(payload) % 8),
-        )
+        encoded = target_type.encode()
+        if not encoded or len(encoded) >= DM_MAX_TYPE_NAME or b"\0" in encoded:
+            raise InvalidArgument(f"target type {target_type!r} is not a valid type name")
+        reply = issue(self.fd, DMCommand.DM_GET_TARGET_VERSION_CMD, name=target_type)
         record = dm_target_versions.parse(reply.data)
         return (record.version[0], record.version[1], record.version[2])
 
@@ -552,12 +556,13 @@ def _parse_targets(reply: Reply) -> list[Target]:
 def _parse_name_list(reply: Reply) -> list[ListedDevice]:
     """Records of a DM_LIST_DEVICES reply.
 
-    After each name, aligned to 8 bytes from the buffer's start, interface 4.37
-    added the event number, and 4.46 the flags and the uuid (see dm-ioctl.c
-    list_devices).  An empty list is a single zeroed record.
+    After each name, aligned to 8 bytes from the buffer's start, interface 4.46
+    puts the event number, flags saying whether a uuid follows, and the uuid (see
+    dm-ioctl.c list_devices).  Older kernels leave those bytes as we sent them,
+    zero, so flags with neither bit set mean "not reported".  (The version in a
+    reply's header is the one we sent, so it cannot tell.)  An empty list is a
+    single zeroed record.
     """
-    has_event_nr = reply.version[:2] >= (4, 37)
-    has_uuid = reply.version[:2] >= (4, 46)
     devices: list[ListedDevice] = []
     offset = reply.data_start
     end = reply.data_size
@@ -571,14 +576,15 @@ def _parse_name_list(reply: Reply) -> list[ListedDevice]:
         trailer_at = _align8(offset + _NAME_LIST_HEAD + len(record.name.encode()) + 1)
         event_nr: int | None = None
         uuid: str | None = None
-        if has_event_nr:
+        if trailer_at + dm_name_list_trailer.sizeof() <= record_end:
             trailer = dm_name_list_trailer.parse(reply.buffer[trailer_at:])
-            event_nr = trailer.event_nr
-            if has_uuid and trailer.flags & DM_NAME_LIST_FLAG_HAS_UUID:
+            if trailer.flags & DM_NAME_LIST_FLAG_HAS_UUID:
                 uuid_at = trailer_at + dm_name_list_trailer.sizeof()
                 uuid = CString("utf8").parse(reply.buffer[uuid_at:record_end])
-            elif has_uuid and trailer.flags & DM_NAME_LIST_FLAG_DOESNT_HAVE_UUID:
+            elif trailer.flags & DM_NAME_LIST_FLAG_DOESNT_HAVE_UUID:
                 uuid = ""
+            if uuid is not None:
+                event_nr = trailer.event_nr
         devices.append(
             ListedDevice(record.name, os.major(record.dev), os.minor(record.dev), event_nr, uuid)
         )

@@ -50,7 +50,7 @@ class NoSuchDevice(IoctlError):
 
 
 class DeviceExists(IoctlError):
-    """A device with that name or uuid exists already (EEXIST)."""
+    """A device with that name or uuid exists already (EEXIST, or EBUSY on create and rename)."""
 
 
 class DeviceBusy(IoctlError):

@@ -40,6 +40,8 @@ _REQUEST_VERSION = (DM_VERSION_MAJOR, 0, 0)
 
 NO_FLAGS = DMFlag(0)
 
+_NAMING_COMMANDS = (DMCommand.DM_DEV_CREATE_CMD, DMCommand.DM_DEV_RENAME_CMD)
+
 _ERRNO_CLASSES: dict[int, type[IoctlError]] = {
     errno.ENXIO: NoSuchDevice,
     errno.EEXIST: DeviceExists,
@@ -212,7 +214,11 @@ def _wipe_if_secret(buffer: bytearray, flags: DMFlag) -> None:
 
 def _error(command: DMCommand, device: str | None, err: int) -> IoctlError:
     hint = ""
+    cls = _ERRNO_CLASSES.get(err, IoctlError)
     if command is DMCommand.DM_TABLE_LOAD_CMD and err == errno.EINVAL:
         hint = "the kernel log (dmesg) says why the table was refused"
-    cls = _ERRNO_CLASSES.get(err, IoctlError)
+    elif command in _NAMING_COMMANDS and err == errno.EBUSY:
+        # dm-ioctl.c dm_hash_insert and dm_hash_rename answer a taken name or uuid so.
+        hint = "a device with that name or uuid exists already"
+        cls = DeviceExists
     return cls(command.kernel_name, device, err, hint)

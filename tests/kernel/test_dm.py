@@ -6,6 +6,7 @@ import errno
 import os
 import stat
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -74,9 +75,9 @@ def test_life_cycle(dm: DeviceMapper, prefix: str) -> None:
 
 def test_read_only(dm: DeviceMapper, prefix: str) -> None:
     name = prefix + "ro"
-    assert dm.create(name, read_only=True).read_only
+    dm.create(name, read_only=True)
     dm.load_table(name, [Target(0, MiB, "zero")], read_only=True)
-    dm.resume(name)
+    assert dm.resume(name).read_only
     assert dm.info(name).read_only
     with pytest.raises(OSError) as caught:
         os.open(node_path(name), os.O_WRONLY)
@@ -174,6 +175,11 @@ def test_busy_device(dm: DeviceMapper, prefix: str) -> None:
         assert dm.info(name).deferred_remove
     finally:
         os.close(fd)
+    # The kernel removes it from a work queue after the last close.
+    deadline = time.monotonic() + 10
+    while name in {d.name for d in dm.list_devices()}:
+        assert time.monotonic() < deadline, "deferred removal did not happen"
+        time.sleep(0.05)
     with pytest.raises(NoSuchDevice):
         dm.info(name)
 
@@ -188,8 +194,9 @@ def test_errors(dm: DeviceMapper, prefix: str) -> None:
     )
 
     dm.create(name)
-    with pytest.raises(DeviceExists):
+    with pytest.raises(DeviceExists) as exists:
         dm.create(name)
+    assert "exists already" in str(exists.value)
 
     with pytest.raises(IoctlError) as invalid:
         dm.load_table(name, [Target(0, MiB, "linear", "/nonexistent/device 0")])

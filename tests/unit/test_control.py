@@ -24,9 +24,9 @@ from dmioctl.ioctl import DATA_START, Reply
 from dmioctl.uapi.dm import DMFlag
 
 
-def reply(payload: bytes, *, version: tuple[int, int, int] = (4, 47, 0), count: int = 0) -> Reply:
+def reply(payload: bytes, *, count: int = 0) -> Reply:
     buffer = bytes(DATA_START) + payload
-    return Reply(version, len(buffer), DATA_START, count, 0, DMFlag(0), 0, 0, "", "", buffer)
+    return Reply((4, 0, 0), len(buffer), DATA_START, count, 0, DMFlag(0), 0, 0, "", "", buffer)
 
 
 def name_record(dev: int, name: str, uuid: str | None, *, last: bool = False) -> bytes:
@@ -56,9 +56,14 @@ def test_parse_name_list_with_uuids() -> None:
 
 
 def test_parse_name_list_before_uuids() -> None:
-    record = struct.pack("=QI", os.makedev(253, 7), 0) + b"old\0"
-    devices = _parse_name_list(reply(record + bytes(8), version=(4, 27, 0)))
-    assert [(d.name, d.minor, d.event_nr, d.uuid) for d in devices] == [("old", 7, None, None)]
+    # Kernels before interface 4.46 leave the trailer bytes zero, as sent.
+    record = struct.pack("=QI", os.makedev(253, 7), 16) + b"old\0" + bytes(16)
+    record += struct.pack("=QI", os.makedev(253, 8), 0) + b"new\0" + bytes(16)
+    devices = _parse_name_list(reply(record))
+    assert [(d.name, d.minor, d.event_nr, d.uuid) for d in devices] == [
+        ("old", 7, None, None),
+        ("new", 8, None, None),
+    ]
 
 
 def test_parse_empty_name_list() -> None:
