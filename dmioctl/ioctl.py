@@ -8,6 +8,7 @@ answers ``DM_BUFFER_FULL_FLAG``, turns a failure into a typed
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
 import logging
@@ -39,6 +40,10 @@ MAX_BUFFER_SIZE = 64 * 1024 * 1024
 _REQUEST_VERSION = (DM_VERSION_MAJOR, 0, 0)
 
 NO_FLAGS = DMFlag(0)
+
+#: Commands that wait in the kernel for something else to happen.
+_BLOCKING_COMMANDS = (DMCommand.DM_DEV_WAIT_CMD,)
+_libc = ctypes.CDLL(None, use_errno=True)
 
 _NAMING_COMMANDS = (DMCommand.DM_DEV_CREATE_CMD, DMCommand.DM_DEV_RENAME_CMD)
 
@@ -135,7 +140,10 @@ def issue(
         )
         buffer[DATA_START : DATA_START + len(payload)] = payload
         try:
-            fcntl.ioctl(fd, command.request, buffer)
+            if command in _BLOCKING_COMMANDS:
+                _ioctl_releasing_gil(fd, command.request, buffer)
+            else:
+                fcntl.ioctl(fd, command.request, buffer)
         except OSError as exc:
             device = describe(name, uuid, dev)
             log.debug(
@@ -170,6 +178,19 @@ def issue(
             reply = reply._replace(buffer=bytes(buffer))
             _wipe_if_secret(buffer, flags)
         return reply
+
+
+def _ioctl_releasing_gil(fd: int, request: int, buffer: bytearray) -> None:
+    """The ioctl through libc, letting other threads run while the kernel blocks.
+
+    fcntl.ioctl keeps the interpreter lock during a call with a buffer longer
+    than 1024 bytes, so a DM_DEV_WAIT there would stop every thread of the
+    process, including one that would cause the awaited event.
+    """
+    view = (ctypes.c_char * len(buffer)).from_buffer(buffer)
+    if _libc.ioctl(fd, ctypes.c_ulong(request), view) < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
 
 
 def _unpack(buffer: bytearray) -> Reply:
