@@ -196,8 +196,11 @@ class DeviceMapper:
                     nodes.removed(device.name)
 
     def list_devices(self) -> list[ListedDevice]:
-        """DM_LIST_DEVICES: every device, with its number and, where reported, uuid."""
-        reply = issue(self.fd, DMCommand.DM_LIST_DEVICES_CMD)
+        """DM_LIST_DEVICES: every device, with its number and, where reported, uuid.
+
+        DM_UUID_FLAG asks kernels with interface 4.46 or later for the uuids.
+        """
+        reply = issue(self.fd, DMCommand.DM_LIST_DEVICES_CMD, flags=DMFlag.DM_UUID_FLAG)
         return _parse_name_list(reply)
 
     # Device commands
@@ -557,11 +560,11 @@ def _parse_name_list(reply: Reply) -> list[ListedDevice]:
     """Records of a DM_LIST_DEVICES reply.
 
     After each name, aligned to 8 bytes from the buffer's start, interface 4.46
-    puts the event number, flags saying whether a uuid follows, and the uuid (see
-    dm-ioctl.c list_devices).  Older kernels leave those bytes as we sent them,
-    zero, so flags with neither bit set mean "not reported".  (The version in a
-    reply's header is the one we sent, so it cannot tell.)  An empty list is a
-    single zeroed record.
+    puts the event number, flags saying whether a uuid follows, and the uuid when
+    asked with DM_UUID_FLAG (see dm-ioctl.c list_devices).  Older kernels leave
+    the flags zero, so flags with neither bit set mean "not reported".  (The
+    version in a reply's header is the one we sent, so it cannot tell.)  An
+    empty list is a single zeroed record.
     """
     devices: list[ListedDevice] = []
     offset = reply.data_start
