@@ -22,6 +22,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import select
@@ -125,6 +126,19 @@ class TargetVersion:
     version: tuple[int, int, int]
 
 
+def available() -> bool:
+    """Whether the running kernel has device-mapper (its misc device is registered).
+
+    A /dev/mapper/control node alone proves nothing: it can be left over from a
+    tool that made it on a kernel without the driver.
+    """
+    try:
+        with open("/proc/misc") as misc:
+            return any(line.split()[1:] == ["device-mapper"] for line in misc)
+    except FileNotFoundError:
+        return False
+
+
 def validate_name(name: str) -> None:
     """Check a device name: 1 to 127 bytes, no '/', no NUL, not '.' or '..'."""
     encoded = name.encode(errors="surrogateescape")
@@ -154,10 +168,12 @@ class DeviceMapper:
     def __init__(self, path: str = CONTROL_PATH, *, manage_nodes: bool = True) -> None:
         try:
             self.fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-        except FileNotFoundError as exc:
+        except (FileNotFoundError, OSError) as exc:
+            if not isinstance(exc, FileNotFoundError) and exc.errno != errno.ENODEV:
+                raise
             raise DMError(
-                f"device-mapper is not available: {path} does not exist "
-                "(is the dm-mod module loaded?)"
+                f"device-mapper is not available: cannot open {path} ({exc.strerror}); "
+                "is the dm-mod module loaded?"
             ) from exc
         self.path = path
         self.manage_nodes = manage_nodes
@@ -606,6 +622,7 @@ __all__ = [
     "DeviceMapper",
     "ListedDevice",
     "TargetVersion",
+    "available",
     "validate_name",
     "validate_uuid",
 ]
