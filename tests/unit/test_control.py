@@ -56,9 +56,9 @@ def test_parse_name_list_with_uuids() -> None:
 
 
 def test_parse_name_list_before_uuids() -> None:
-    # Kernels before interface 4.46 leave the trailer bytes zero, as sent.
-    record = struct.pack("=QI", os.makedev(253, 7), 16) + b"old\0" + bytes(16)
-    record += struct.pack("=QI", os.makedev(253, 8), 0) + b"new\0" + bytes(16)
+    # Interface 4.37 to 4.45: an event number after the name, the flags word zero.
+    record = struct.pack("=QI", os.makedev(253, 7), 24) + b"old\0" + struct.pack("=II", 3, 0)
+    record += struct.pack("=QI", os.makedev(253, 8), 0) + b"new\0" + struct.pack("=II", 4, 0)
     devices = _parse_name_list(reply(record))
     assert [(d.name, d.minor, d.event_nr, d.uuid) for d in devices] == [
         ("old", 7, None, None),
