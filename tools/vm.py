@@ -38,8 +38,10 @@ Example::
 from __future__ import annotations
 
 import argparse
+import ctypes
 import dataclasses
 import fcntl
+import functools
 import gzip
 import hashlib
 import io
@@ -87,19 +89,22 @@ HOST_ROOT_TAG = "hostroot"
 GUEST_DISK = "/dev/vda"
 
 #: Modules the guest init loads, by module name, each with whether boot must fail
-#: without it. Dependencies (modules.dep) and soft pre-dependencies
-#: (modules.softdep: libcrc32c wants a crc32c implementation loaded first) are
-#: added in front of each; built-in modules are skipped. Everything else (xfs,
-#: dm-crypt and its ciphers, dm-log-writes, ...) loads on demand: the kernel's
-#: request_module() and a plain ``modprobe`` in the guest both run the host's kmod
-#: over the kernel package's module tree. Big modules cost here: insmod of xfs
-#: alone takes about a second under TCG.
-GUEST_MODULES: tuple[tuple[str, bool], ...] = (
+#: without it, in two stages: those the root mount needs, and in the background
+#: meanwhile, those of the tests. Dependencies (modules.dep) and soft
+#: pre-dependencies (modules.softdep: libcrc32c wants a crc32c implementation
+#: loaded first) are added in front of each; built-in modules are skipped.
+#: Everything else (xfs, dm-crypt and its ciphers, dm-log-writes, ...) loads on
+#: demand: the kernel's request_module() and a plain ``modprobe`` in the guest both
+#: run the host's kmod over the kernel package's module tree. Big modules cost
+#: here: insmod of xfs alone takes about a second under TCG.
+ROOT_MODULES: tuple[tuple[str, bool], ...] = (
     ("virtio_pci", True),
     ("9pnet_virtio", True),
     ("9p", True),
     ("overlay", True),
     ("virtio_blk", True),
+)
+TEST_MODULES: tuple[tuple[str, bool], ...] = (
     ("loop", True),
     ("crc32c_generic", True),
     ("ext4", True),
@@ -144,11 +149,16 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 
-while read -r name required; do
-    insmod "/lib/modules/$name.ko" && continue
-    [ "$required" = 1 ] && fail "cannot load required module $name"
-    echo "dmioctl-vm: optional module $name not loaded"
-done < /etc/modules
+load() {
+    while read -r name required stage; do
+        [ "$stage" = "$1" ] || continue
+        insmod "/lib/modules/$name.ko" && continue
+        [ "$required" = 1 ] && fail "cannot load required module $name"
+        echo "dmioctl-vm: optional module $name not loaded"
+    done < /etc/modules
+}
+load test &
+load root
 
 mount -t 9p -o ro,trans=virtio,version=9p2000.L,msize=512000,cache=loose @TAG@ /mnt/host ||
     fail "cannot mount the host root over 9p"
@@ -175,6 +185,7 @@ tree="/newroot/lib/modules/$(uname -r)"
 mkdir -p "$tree" && mount --bind "/mnt/host$modules" "$tree" ||
     echo "dmioctl-vm: modules not loaded here cannot load on demand"
 
+wait
 read -r nonce < /job/nonce
 echo "DMIOCTL_VM_START_$nonce"
 env -i chroot /newroot /bin/sh /run/dmioctl-vm/run.sh < /dev/null
@@ -333,7 +344,19 @@ def ensure_kernel(cache: Path) -> Kernel:
     if not kernel.vmlinuz.is_file():
         raise VMError(f"{package.name} holds no {kernel.vmlinuz.name}")
     (root / ".complete").touch()
+    _prune(cache, keep=root, release=package.release)
     return _with_vmlinux(kernel)
+
+
+def _prune(cache: Path, *, keep: Path, release: str) -> None:
+    """Remove kernels and initramfs images other than the current kernel's (400 MB each)."""
+    for old in (cache / "kernels").iterdir():
+        if old != keep and old.is_dir():
+            log.info("removing the superseded kernel %s", old.name)
+            shutil.rmtree(old, ignore_errors=True)
+    for old in (cache / "initramfs").glob("*.cpio"):
+        if not old.name.startswith(release + "-"):
+            old.unlink(missing_ok=True)
 
 
 def _with_vmlinux(kernel: Kernel) -> Kernel:
@@ -581,9 +604,24 @@ def busybox_path() -> Path:
     raise VMError("busybox not found; run tools/bootstrap as root (package busybox-static)")
 
 
-def module_list(loads: Sequence[ModuleLoad]) -> str:
-    """/etc/modules of the initramfs: one ``name required`` line per insmod, in order."""
-    return "".join(f"{m.name} {int(m.required)}\n" for m in loads)
+def plan_stages(index: ModuleIndex) -> dict[str, list[ModuleLoad]]:
+    """The guest's insmods by stage: ``root`` first, ``test`` at the same time.
+
+    Should the two stages share a module, loading them side by side could race,
+    so everything then loads in the root stage, one after another.
+    """
+    root = plan_modules(index, ROOT_MODULES)
+    test = plan_modules(index, TEST_MODULES)
+    if {m.name for m in root} & {m.name for m in test}:
+        return {"root": plan_modules(index, ROOT_MODULES + TEST_MODULES), "test": []}
+    return {"root": root, "test": test}
+
+
+def module_list(stages: Mapping[str, Sequence[ModuleLoad]]) -> str:
+    """/etc/modules of the initramfs: ``name required stage`` per insmod, in order."""
+    return "".join(
+        f"{m.name} {int(m.required)} {stage}\n" for stage, loads in stages.items() for m in loads
+    )
 
 
 def initramfs_key(release: str, init: str, modules: str, busybox: bytes) -> str:
@@ -596,8 +634,9 @@ def initramfs_key(release: str, init: str, modules: str, busybox: bytes) -> str:
 
 def ensure_initramfs(cache: Path, kernel: Kernel) -> Path:
     """Return the cached base initramfs for ``kernel``, building it if missing."""
-    loads = plan_modules(ModuleIndex.read(kernel.modules), GUEST_MODULES)
-    modules = module_list(loads)
+    stages = plan_stages(ModuleIndex.read(kernel.modules))
+    loads = [load for stage in stages.values() for load in stage]
+    modules = module_list(stages)
     busybox = busybox_path().read_bytes()
     key = initramfs_key(kernel.release, INIT_SCRIPT + MODPROBE_SCRIPT, modules, busybox)
     target = cache / "initramfs" / f"{key}.cpio"
@@ -790,7 +829,8 @@ def kernel_command_line(*, verbose: bool) -> str:
     that kernel chatter rarely mixes into the command's output (dmesg has it all).
     A panic or oops ends the guest at once rather than leaving a test hanging.
     TCG's TSC is synchronous between vCPUs: trusting it spares every clock read an
-    emulated HPET access. Mitigations only slow a throwaway guest.
+    emulated HPET access. Mitigations and crypto self-tests only slow a throwaway
+    guest.
     """
     params = [
         "console=ttyS0",
@@ -799,6 +839,7 @@ def kernel_command_line(*, verbose: bool) -> str:
         "oops=panic",
         "tsc=reliable",
         "mitigations=off",
+        "cryptomgr.notests",
         "rdinit=/init",
     ]
     return " ".join(params)
@@ -852,14 +893,18 @@ class _Clock:
     finished: float = 0.0
 
 
-def prepare(cache: Path) -> tuple[Kernel, Path]:
-    """The kernel and base initramfs in ``cache``, made under a lock shared by concurrent runs."""
+def prepare(cache: Path) -> tuple[Kernel, bytes]:
+    """The kernel and base initramfs in ``cache``, under a lock shared by concurrent runs.
+
+    The initramfs comes back as bytes, read under the lock: a concurrent run of a
+    different tools/vm.py may replace the cached file right after.
+    """
     try:
         cache.mkdir(parents=True, exist_ok=True)
         with open(cache / "lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             kernel = ensure_kernel(cache)
-            return kernel, ensure_initramfs(cache, kernel)
+            return kernel, ensure_initramfs(cache, kernel).read_bytes()
     except OSError as e:
         raise VMError(f"cannot prepare the VM cache in {cache}: {e}") from e
 
@@ -916,9 +961,7 @@ def run(
         return EXIT_SETUP
     with tempfile.TemporaryDirectory(prefix="dmioctl-vm-") as scratch:
         initrd = Path(scratch) / "initrd.cpio"
-        with open(initrd, "wb") as f, open(base, "rb") as b:
-            shutil.copyfileobj(b, f)
-            f.write(job.cpio())
+        initrd.write_bytes(base + job.cpio())
         disk_path = None
         if disk is not None:
             disk_path = Path(scratch) / "disk.raw"
@@ -957,7 +1000,12 @@ def _supervise(
     clock.launched = time.monotonic()
     deadline = clock.launched + timeout
     try:
-        qemu = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
+        qemu = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            preexec_fn=_death_signal_setter(),
+        )
     except OSError as e:
         say(f"cannot start {command[0]}: {e}")
         return EXIT_SETUP
@@ -990,6 +1038,10 @@ def _supervise(
                 if not data:
                     break
                 show(*console.feed(data))
+                if len(data) < 4096:
+                    # The emulated UART hands over one byte per write: let a few
+                    # milliseconds of output gather rather than wake per byte.
+                    time.sleep(0.005)
         clock.finished = time.monotonic()
         if console.status is not None:
             _wait_briefly(qemu)
@@ -1011,20 +1063,42 @@ def _supervise(
             qemu.wait()
 
 
-def _wait_briefly(qemu: subprocess.Popen[bytes], grace: float = 20.0) -> None:
-    """Give a guest that reported its status time to power off, then kill it."""
-    assert qemu.stdout is not None
-    end = time.monotonic() + grace
-    while qemu.poll() is None and time.monotonic() < end:
-        if not os.read(qemu.stdout.fileno(), 65536):
-            break
+def _wait_briefly(qemu: subprocess.Popen[bytes], grace: float = 5.0) -> None:
+    """Give a guest that reported its status a moment to power off; the caller kills it.
+
+    Nothing in the guest outlives it (tmpfs overlay, read-only host root, scratch
+    disk deleted), so a guest slow to power off costs nothing but this wait.
+    """
     try:
-        qemu.wait(max(end - time.monotonic(), 0.1))
+        qemu.wait(grace)
     except subprocess.TimeoutExpired:
-        log.info("guest did not power off in %g s; killing qemu", grace)
+        log.info("the guest did not power off within %g s; killing qemu", grace)
+
+
+def _death_signal_setter() -> Callable[[], object]:
+    """For the qemu child: have the kernel kill it when this process dies (PR_SET_PDEATHSIG).
+
+    libc is looked up here, in the parent, so the child only makes one call.
+    """
+    pr_set_pdeathsig = 1
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    return functools.partial(prctl, pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
 
 
 # ----------------------------------------------------------------------------- main
+
+
+def _positive(kind: type[int] | type[float]) -> Callable[[str], int | float]:
+    """An argparse type: a number of ``kind`` above zero."""
+
+    def parse(text: str) -> int | float:
+        value = kind(text)
+        if value <= 0:
+            raise ValueError(text)
+        return value
+
+    parse.__name__ = f"positive {kind.__name__}"
+    return parse
 
 
 def _parse_args(args: Sequence[str] | None) -> argparse.Namespace:
@@ -1035,15 +1109,15 @@ def _parse_args(args: Sequence[str] | None) -> argparse.Namespace:
         epilog="example: python3 tools/vm.py -- sh -c 'dmsetup targets; exit 3'",
     )
     parser.add_argument(
-        "--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+        "--timeout", type=_positive(float), default=DEFAULT_TIMEOUT, metavar="SECONDS",
         help=f"kill the guest after this long and exit {EXIT_TIMEOUT} (default %(default)g)",
     )  # fmt: skip
     parser.add_argument(
-        "--memory", type=int, default=DEFAULT_MEMORY_MIB, metavar="MiB",
+        "--memory", type=_positive(int), default=DEFAULT_MEMORY_MIB, metavar="MiB",
         help="guest memory (default %(default)d)",
     )  # fmt: skip
     parser.add_argument(
-        "--cpus", type=int, default=DEFAULT_CPUS, metavar="N",
+        "--cpus", type=_positive(int), default=DEFAULT_CPUS, metavar="N",
         help="guest CPUs (default %(default)d)",
     )  # fmt: skip
     parser.add_argument(
@@ -1078,15 +1152,19 @@ def main(args: Sequence[str] | None = None) -> int:
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, terminate)
-    return run(
-        options.command,
-        timeout=options.timeout,
-        memory=options.memory,
-        cpus=options.cpus,
-        cache=options.cache,
-        disk=options.disk,
-        verbose=options.verbose,
-    )
+    try:
+        return run(
+            options.command,
+            timeout=options.timeout,
+            memory=options.memory,
+            cpus=options.cpus,
+            cache=options.cache,
+            disk=options.disk,
+            verbose=options.verbose,
+        )
+    except KeyboardInterrupt:
+        print("vm: interrupted; killed the guest", file=sys.stderr)
+        return 128 + signal.SIGINT
 
 
 if __name__ == "__main__":

@@ -204,9 +204,27 @@ def test_compressed_modules_are_decompressed_for_busybox_insmod(tmp_path: Path) 
         assert vm.read_module(tmp_path / name) == image
 
 
-def test_module_list_is_one_line_per_insmod() -> None:
-    loads = [vm.ModuleLoad("dm_mod", Path("x"), True), vm.ModuleLoad("xfs", Path("y"), False)]
-    assert vm.module_list(loads) == "dm_mod 1\nxfs 0\n"
+def test_module_list_is_one_line_per_insmod_with_its_stage() -> None:
+    root = [vm.ModuleLoad("virtio", Path("v"), True)]
+    test = [vm.ModuleLoad("dm_mod", Path("x"), True), vm.ModuleLoad("xfs", Path("y"), False)]
+    text = vm.module_list({"root": root, "test": test})
+    assert text == "virtio 1 root\ndm_mod 1 test\nxfs 0 test\n"
+
+
+def test_stages_load_in_parallel_only_when_they_share_no_module(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    index = vm.ModuleIndex.read(module_tree(tmp_path))
+    monkeypatch.setattr(vm, "ROOT_MODULES", (("dm_mod", True),))
+    monkeypatch.setattr(vm, "TEST_MODULES", (("libcrc32c", True),))
+    stages = vm.plan_stages(index)
+    assert [m.name for m in stages["root"]] == ["dm_mod"]
+    assert [m.name for m in stages["test"]] == ["crc32c_generic", "libcrc32c"]
+
+    monkeypatch.setattr(vm, "TEST_MODULES", (("dm_bufio", True),))
+    stages = vm.plan_stages(index)
+    assert [m.name for m in stages["root"]] == ["dm_mod", "dm_bufio"]
+    assert stages["test"] == []
 
 
 # ------------------------------------------------------------------------- cpio
@@ -288,6 +306,9 @@ def test_init_script_mounts_the_host_root_and_reports_the_status() -> None:
     assert 'echo "DMIOCTL_VM_START_$nonce"' in init
     assert 'echo "DMIOCTL_VM_EXIT_$nonce=$?"' in init
     assert init.index("DMIOCTL_VM_EXIT_") < init.index("poweroff -f\nsleep 60\n")
+    # the test stage loads while the root is mounted, and is waited for
+    assert init.index("load test &\nload root\n") < init.index("mount -t 9p")
+    assert init.index("mount -t overlay") < init.index("\nwait\n") < init.index("START")
 
 
 @pytest.mark.parametrize("script", ["INIT_SCRIPT", "MODPROBE_SCRIPT"])
@@ -468,7 +489,7 @@ def test_disk_sizes() -> None:
 
 def test_kernel_command_line_keeps_the_console_quiet_and_panics_fatal() -> None:
     params = vm.kernel_command_line(verbose=False).split()
-    assert {"console=ttyS0", "loglevel=3", "panic=-1", "oops=panic"} <= set(params)
+    assert {"console=ttyS0", "loglevel=3", "panic=-1", "oops=panic", "tsc=reliable"} <= set(params)
     assert "loglevel=7" in vm.kernel_command_line(verbose=True).split()
 
 
