@@ -438,9 +438,7 @@ class DeviceMapper:
     def deps(self, name: str = "", *, uuid: str = "") -> list[tuple[int, int]]:
         """DM_TABLE_DEPS: (major, minor) of each device the active table uses."""
         self._check_ref(name, uuid)
-        reply = issue(self.fd, DMCommand.DM_TABLE_DEPS_CMD, name=name, uuid=uuid)
-        parsed = dm_target_deps.parse(reply.data)
-        return [(os.major(dev), os.minor(dev)) for dev in parsed.dev]
+        return _parse_deps(issue(self.fd, DMCommand.DM_TABLE_DEPS_CMD, name=name, uuid=uuid))
 
     def table(self, name: str = "", *, uuid: str = "", inactive: bool = False) -> list[Target]:
         """DM_TABLE_STATUS with DM_STATUS_TABLE_FLAG: the table's lines.
@@ -470,15 +468,7 @@ class DeviceMapper:
 
     def list_versions(self) -> list[TargetVersion]:
         """DM_LIST_VERSIONS: every target type the kernel has loaded, with versions."""
-        reply = issue(self.fd, DMCommand.DM_LIST_VERSIONS_CMD)
-        versions: list[TargetVersion] = []
-        offset = reply.data_start
-        while True:
-            record = dm_target_versions.parse(reply.buffer[offset:])
-            versions.append(TargetVersion(record.name, tuple(record.version)))
-            if not record.next:
-                return versions
-            offset += record.next
+        return _parse_versions(issue(self.fd, DMCommand.DM_LIST_VERSIONS_CMD))
 
     def get_target_version(self, target_type: str) -> tuple[int, int, int]:
         """DM_GET_TARGET_VERSION: one target type's version, loading its module if needed.
@@ -570,6 +560,24 @@ def _parse_targets(reply: Reply) -> list[Target]:
         targets.append(Target(start, length, cstring(target_type), params))
         offset = reply.data_start + next_offset
     return targets
+
+
+def _parse_deps(reply: Reply) -> list[tuple[int, int]]:
+    """(major, minor) pairs of a DM_TABLE_DEPS reply."""
+    parsed = dm_target_deps.parse(reply.data)
+    return [(os.major(dev), os.minor(dev)) for dev in parsed.dev]
+
+
+def _parse_versions(reply: Reply) -> list[TargetVersion]:
+    """Records of a DM_LIST_VERSIONS reply; each ``next`` counts from its own record."""
+    versions: list[TargetVersion] = []
+    offset = reply.data_start
+    while True:
+        record = dm_target_versions.parse(reply.buffer[offset:])
+        versions.append(TargetVersion(record.name, tuple(record.version)))
+        if not record.next:
+            return versions
+        offset += record.next
 
 
 def _parse_name_list(reply: Reply) -> list[ListedDevice]:
