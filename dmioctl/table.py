@@ -282,6 +282,10 @@ class FieldReader:
         """How many fields are left."""
         return len(self.fields) - self.position
 
+    def peek(self) -> str | None:
+        """The next field without consuming it, or None at the end."""
+        return self.fields[self.position] if self.remaining() else None
+
     def word(self, field: str) -> str:
         """The next field as it is."""
         if self.position >= len(self.fields):

@@ -1,0 +1,37 @@
+"""The zero target: reads return zeroes, writes are discarded (see zero.rst).
+
+It takes no table parameters and reports an empty status.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Self
+
+from dmioctl.table import TargetBuilder, expect_empty
+
+
+@dataclass(frozen=True)
+class Zero(TargetBuilder):
+    """``zero``: a source of zeroes and a sink for writes."""
+
+    target_type: ClassVar[str] = "zero"
+
+    def params(self) -> str:
+        return ""
+
+    @classmethod
+    def from_params(cls, params: str) -> Self:
+        expect_empty("zero table", params)
+        return cls()
+
+
+@dataclass(frozen=True)
+class ZeroStatus:
+    """The status of a zero target, which reports nothing."""
+
+
+def parse_status(text: str) -> ZeroStatus:
+    """Parse a zero status line, which is empty."""
+    expect_empty("zero status", text)
+    return ZeroStatus()
