@@ -352,3 +352,19 @@ def test_grow_with_same_length_reloads(dm: DeviceMapper, pool: Pool) -> None:
     thin_pool.grow(dm, pool.name)
     assert dm.table(pool.name)[0].length == pool.length
     assert not dm.info(pool.name).inactive_table
+
+
+def test_full_pool_reports_out_of_data_space(dm: DeviceMapper, prefix: str, disks: Disks) -> None:
+    """With error_if_no_space, filling the pool puts it in out_of_data_space mode."""
+    name = prefix + "pool"
+    builder = ThinPool(number(disks.meta), number(disks.data), BLOCK, 0, error_if_no_space=True)
+    device = start_pool(dm, name, builder, 4 * MiB_BYTES // 512)  # 64 blocks
+    thin_pool.create_thin(dm, name, 1)
+    activate_thin(dm, prefix + "thin", Thin(device, 1), sectors=16 * MiB_BYTES // 512)
+    with pytest.raises(OSError):
+        write(prefix + "thin", 0, 8 * MiB_BYTES)
+    status = pool_status(dm, name)
+    assert status.mode is PoolMode.OUT_OF_DATA_SPACE
+    assert status.used_data_blocks == status.total_data_blocks == 64
+    assert status.no_space_policy is NoSpacePolicy.ERROR
+    dm.remove(prefix + "thin")
