@@ -6,13 +6,12 @@ with the reason (see support.require).
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Iterator
 
 import pytest
 
-from dmioctl import DeviceMapper, NoSuchDevice
+from dmioctl import DeviceBusy, DeviceMapper, NoSuchDevice
 from dmioctl.control import available
 from tests.kernel.support import require
 
@@ -31,8 +30,19 @@ def prefix(dm: DeviceMapper, request: pytest.FixtureRequest) -> Iterator[str]:
     """A name prefix unique to this test; its devices are removed afterwards."""
     tag = f"dmioctl-t{os.getpid()}-{request.node.name[:40]}-".replace("[", "_").replace("]", "_")
     yield tag
-    # Remove in reverse order of creation so stacked devices go first.
-    for device in reversed(dm.list_devices()):
-        if device.name.startswith(tag):
-            with contextlib.suppress(NoSuchDevice):
-                dm.remove(device.name, retries=5)
+    # Stacked devices hold the ones below them open: remove whatever is free,
+    # pass after pass, until nothing of ours is left or a pass frees nothing.
+    ours = [d.name for d in dm.list_devices() if d.name.startswith(tag)]
+    while ours:
+        busy = []
+        for name in ours:
+            try:
+                dm.remove(name)
+            except DeviceBusy:
+                busy.append(name)
+            except NoSuchDevice:
+                pass
+        if len(busy) == len(ours):
+            for name in busy:
+                dm.remove(name, retries=5)
+        ours = busy
