@@ -7,31 +7,38 @@ The model, in the order things happen:
 1. **Kernel.** The package that Debian's ``linux-image-amd64`` depends on (the
    generic flavour; ``-cloud`` lacks 9p) is fetched with ``apt-get download``,
    unpacked with ``dpkg-deb -x`` into the cache and indexed with ``depmod``. The
-   answer of apt is remembered until the apt lists change, so later runs ask nothing.
-2. **Initramfs.** busybox-static, the modules the guest needs (device-mapper
-   targets, loop, ext4, overlay, the 9p stack) with every dependency, a module list
-   in load order and the guest init, written as a newc cpio. It is cached under the
-   kernel release and a hash of everything that went into it.
+   ELF kernel is extracted from vmlinuz once, so that qemu boots it through its
+   PVH entry instead of decompressing it under emulation at every boot. apt's
+   answer is remembered until the apt lists change: later runs ask nothing.
+2. **Initramfs.** busybox-static, the modules the guest loads at boot (the 9p
+   stack and overlay for the root; loop, ext4 and the device-mapper targets for
+   the tests) with their dependencies in load order, and the guest init, written
+   as a newc cpio. It is cached under the kernel release and a hash of its inputs.
+   Other modules load on demand from the unpacked package, through the host's kmod.
 3. **Job.** A second, tiny cpio appended to the first carries the command as a
-   shell script (argv quoted, never on the kernel command line) and a per-run random
-   nonce.
+   shell script (argv quoted, never on the kernel command line) and a per-run
+   random nonce.
 4. **Guest.** init loads the modules, mounts the host root read-only over 9p,
    puts a tmpfs overlay on top so the guest can write, chroots there, changes to the
    host's working directory and runs the command with a small, explicit
-   environment. Then it prints ``DMIOCTL_VM_EXIT_<nonce>=<status>`` on the serial
-   console and powers off.
+   environment and stdin from /dev/null. Then it prints
+   ``DMIOCTL_VM_EXIT_<nonce>=<status>`` on the serial console and powers off.
 5. **Host.** The console streams to stdout while the command runs; boot chatter
-   is held back (shown with ``--verbose`` or when the guest never starts the
+   is held back (shown with ``--verbose``, or when the guest never starts the
    command). The marker line is swallowed and its status becomes this process's
    exit status.
 
+Writes inside the guest land in memory and vanish with it; only ``--disk`` adds
+a block device, a sparse file deleted after the run. /tmp, /run and /dev are the
+guest's own, so the working directory must lie elsewhere.
+
 Exit statuses of the host process: the guest command's status (0-255); 124 when
 the timeout passes; 125 when the guest stops without reporting a status (panic,
-crash, failed boot); 126 when the VM cannot be prepared or started.
+oops, crash, failed boot); 126 when the VM cannot be prepared or started.
 
 Example::
 
-    python3 tools/vm.py -- python3 -m pytest -m kernel tests/kernel
+    python3 tools/vm.py -- .venv/bin/python -m pytest -m kernel tests
     python3 tools/vm.py --disk 20G -- sh -c 'blockdev --getsize64 "$DMIOCTL_VM_DISK"'
 """
 
@@ -939,7 +946,7 @@ def run(
         err.flush()
 
     clock = _Clock()
-    cache = cache or Path(os.environ.get("DMIOCTL_VM_CACHE") or DEFAULT_CACHE)
+    cache = (cache or Path(os.environ.get("DMIOCTL_VM_CACHE") or DEFAULT_CACHE)).absolute()
     try:
         kernel, base = prepare(cache)
     except VMError as e:
@@ -1011,7 +1018,10 @@ def _supervise(
         return EXIT_SETUP
     assert qemu.stdout is not None
 
+    reader_gone = False
+
     def show(boot: bytes, output: bytes) -> None:
+        nonlocal reader_gone
         if boot:
             boot_log.extend(boot)
             if verbose:
@@ -1019,9 +1029,15 @@ def _supervise(
                 err.flush()
         if console.started and not clock.started:
             clock.started = time.monotonic()
-        if output:
-            out.write(output)
-            out.flush()
+        if output and not reader_gone:
+            try:
+                out.write(output)
+                out.flush()
+            except BrokenPipeError:
+                # Whoever read the output stopped (| head): drop the rest, but keep
+                # supervising so the exit status is still the command's.
+                reader_gone = True
+                _silence(out)
 
     try:
         with selectors.DefaultSelector() as selector:
@@ -1061,6 +1077,16 @@ def _supervise(
         if qemu.poll() is None:
             qemu.kill()
             qemu.wait()
+
+
+def _silence(stream: BinaryIO) -> None:
+    """Point a stream whose reader went away at /dev/null, so flushing it cannot fail."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stream.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # not a file (e.g. BytesIO): nothing will flush it
+        pass
 
 
 def _wait_briefly(qemu: subprocess.Popen[bytes], grace: float = 5.0) -> None:
