@@ -520,8 +520,17 @@ def fake_qemu(program: str) -> list[str]:
     return [sys.executable, "-c", program]
 
 
-def supervise(program: str, timeout: float = 30.0) -> tuple[int, bytes, bytes]:
-    out, err = io.BytesIO(), io.BytesIO()
+class ClosedPipe(io.BytesIO):
+    """An output whose reader has gone away."""
+
+    def write(self, data: Any) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+def supervise(
+    program: str, timeout: float = 30.0, out: io.BytesIO | None = None
+) -> tuple[int, bytes, bytes]:
+    out, err = out or io.BytesIO(), io.BytesIO()
 
     def say(message: str) -> None:
         err.write(f"vm: {message}\n".encode())
@@ -539,6 +548,16 @@ def test_supervisor_returns_the_reported_status_and_hides_boot_log() -> None:
         "w('result\\r\\nDMIOCTL_VM_EXIT_" + NONCE + "=42\\r\\nPower down\\r\\n')"
     )
     assert (status, out, err) == (42, b"result\n", b"")
+
+
+def test_supervisor_keeps_the_status_when_the_output_reader_goes_away() -> None:
+    status, _, err = supervise(
+        "import sys; w = sys.stdout.write;"
+        "w('DMIOCTL_VM_START_" + NONCE + "\\n' + 'x' * 100000 + '\\n');"
+        "w('DMIOCTL_VM_EXIT_" + NONCE + "=3\\n')",
+        out=ClosedPipe(),
+    )
+    assert (status, err) == (3, b"")
 
 
 def test_supervisor_reports_a_guest_that_never_reports() -> None:
@@ -561,8 +580,9 @@ def test_command_line_takes_the_command_after_the_options() -> None:
     options = vm._parse_args(["--timeout", "60", "--disk", "1G", "--", "sh", "-c", "exit 3"])
     assert options.command == ["sh", "-c", "exit 3"]
     assert (options.timeout, options.disk, options.memory, options.cpus) == (60, 1 << 30, 4096, 2)
-    with pytest.raises(SystemExit):
-        vm._parse_args(["--"])
+    for bad in (["--"], ["--cpus", "0", "--", "true"], ["--timeout", "-1", "--", "true"]):
+        with pytest.raises(SystemExit):
+            vm._parse_args(bad)
 
 
 # --------------------------------------------------------------------- real VM
