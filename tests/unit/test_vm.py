@@ -507,9 +507,9 @@ def test_qemu_command_uses_tcg_and_shares_the_root_read_only(tmp_path: Path) -> 
     assert argv[argv.index("-kernel") + 1] == str(kernel.vmlinuz)  # no vmlinux extracted
     assert "-drive" not in argv
     with_disk = vm.qemu_command(
-        kernel, tmp_path / "initrd", memory=1024, cpus=1, disk=tmp_path / "d", verbose=False
+        kernel, tmp_path / "initrd", memory=1024, cpus=1, disk=tmp_path / "a,b", verbose=False
     )
-    assert f"file={tmp_path / 'd'},format=raw,if=none,id=scratch" in " ".join(with_disk)
+    assert f"file={tmp_path / 'a,,b'},format=raw,if=none,id=scratch" in " ".join(with_disk)
 
 
 # ------------------------------------------------------------------ supervision
