@@ -1166,7 +1166,8 @@ def _parse_args(args: Sequence[str] | None) -> argparse.Namespace:
     )  # fmt: skip
     parser.add_argument(
         "--verbose", action="store_true",
-        help="show the boot log and timings on stderr",
+        help="show the boot log and timings on stderr; kernel messages then also mix "
+        "into the output (otherwise only critical ones do)",
     )  # fmt: skip
     parser.add_argument("command", nargs=argparse.REMAINDER, help="the command and its arguments")
     options = parser.parse_args(args)
