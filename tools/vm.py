@@ -29,8 +29,9 @@ The model, in the order things happen:
    exit status.
 
 Writes inside the guest land in memory and vanish with it; only ``--disk`` adds
-a block device, a sparse file deleted after the run. /tmp, /run and /dev are the
-guest's own, so the working directory must lie elsewhere.
+a block device, a sparse file deleted after the run. /run and /dev are the
+guest's own, so the working directory must lie elsewhere; /tmp is the host's,
+with the guest's writes kept apart like everywhere else.
 
 Exit statuses of the host process: the guest command's status (0-255); 124 when
 the timeout passes; 125 when the guest stops without reporting a status (panic,
@@ -180,7 +181,6 @@ mount -t devtmpfs devtmpfs /newroot/dev
 mkdir -p /newroot/dev/pts /newroot/dev/shm
 mount -t devpts -o ptmxmode=0666 devpts /newroot/dev/pts
 mount -t tmpfs -o mode=1777 tmpfs /newroot/dev/shm
-mount -t tmpfs -o mode=1777 tmpfs /newroot/tmp
 mount -t tmpfs -o mode=0755 tmpfs /newroot/run
 mkdir /newroot/run/dmioctl-vm
 cp /job/run.sh /newroot/run/dmioctl-vm/run.sh
@@ -705,7 +705,8 @@ def guest_environment(host: Mapping[str, str], *, disk: bool) -> dict[str, str]:
 
 
 #: Guest directories that are fresh mounts, not the host's: no working directory there.
-GUEST_OWN_MOUNTS = ("/tmp", "/run", "/dev", "/proc", "/sys")
+#: (/tmp is the host's, writable through the overlay, so a checkout there runs.)
+GUEST_OWN_MOUNTS = ("/run", "/dev", "/proc", "/sys")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -301,7 +301,7 @@ def test_init_script_mounts_the_host_root_and_reports_the_status() -> None:
     assert f"trans=virtio,version=9p2000.L,msize=512000,cache=loose {vm.HOST_ROOT_TAG}" in init
     assert "lowerdir=/mnt/host,upperdir=/mnt/rw/upper,workdir=/mnt/rw/work" in init
     assert "mount -t devtmpfs devtmpfs /newroot/dev" in init
-    assert "mount -t tmpfs -o mode=1777 tmpfs /newroot/tmp" in init
+    assert "/newroot/tmp" not in init  # the host's /tmp stays visible, for checkouts there
     assert "env -i chroot /newroot /bin/sh /run/dmioctl-vm/run.sh < /dev/null" in init
     assert 'echo "DMIOCTL_VM_START_$nonce"' in init
     assert 'echo "DMIOCTL_VM_EXIT_$nonce=$?"' in init
@@ -397,10 +397,11 @@ def test_job_script_fails_clearly_when_the_directory_is_missing() -> None:
 def test_job_refuses_no_command_and_directories_the_guest_replaces() -> None:
     with pytest.raises(vm.VMError, match="no command"):
         job(())
-    for cwd in ("/tmp", "/tmp/pytest-1/x", "/run/user", "/proc"):
+    for cwd in ("/run", "/run/user", "/dev/shm", "/proc"):
         with pytest.raises(vm.VMError, match="fresh mount in the guest"):
             job(("true",), cwd)
-    job(("true",), "/tmpfiles")  # only the mount itself and below
+    job(("true",), "/runner")  # only the mount itself and below
+    job(("true",), "/tmp/checkout")  # the host's /tmp is visible in the guest
 
 
 def test_job_cpio_carries_script_nonce_and_module_tree() -> None:
