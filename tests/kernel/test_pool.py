@@ -1,0 +1,135 @@
+"""The layering pool on sparse loop files, against the real kernel."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dmioctl import DeviceMapper
+from dmioctl.targets.thin_pool import ThinIdInUse
+from layering import fs
+from layering.errors import InvalidInput
+from layering.pool import MiB, OutOfSpace, Pool, PoolConfig, PoolError
+
+pytestmark = pytest.mark.kernel
+
+SMALL = PoolConfig(data_bytes=512 * MiB, metadata_bytes=16 * MiB)
+
+
+@pytest.fixture
+def pool(dm: DeviceMapper, tmp_path: Path) -> Iterator[Pool]:
+    made = Pool(tmp_path / "root", dm, SMALL)
+    made.create()
+    try:
+        yield made
+    finally:
+        for mountpoint in (tmp_path / "mnt").glob("*"):
+            if os.path.ismount(mountpoint):
+                fs.umount(mountpoint)
+        made.destroy()
+
+
+def allocated(path: Path) -> int:
+    return path.stat().st_blocks * 512
+
+
+def test_new_pool_is_empty_and_sparse(pool: Pool) -> None:
+    usage = pool.usage()
+    assert usage.data_used == 0
+    assert usage.data_total == 512 * MiB
+    assert usage.transaction_id == 0
+    assert allocated(pool.data_file) == 0
+    assert pool.data_file.stat().st_size == 512 * MiB
+
+
+def test_snapshot_sees_origin_and_stays_isolated(pool: Pool, tmp_path: Path) -> None:
+    pool.create_thin(0)
+    base = pool.activate_thin(0, 64 * MiB)
+    fs.mkfs(base)
+    fs.mount(base, tmp_path / "mnt" / "base")
+    (tmp_path / "mnt" / "base" / "hello").write_text("from base\n")
+    fs.umount(tmp_path / "mnt" / "base")
+
+    pool.create_snap(1, 0)
+    snap = pool.activate_thin(1, 64 * MiB)
+    fs.mount(snap, tmp_path / "mnt" / "snap")
+    assert (tmp_path / "mnt" / "snap" / "hello").read_text() == "from base\n"
+    (tmp_path / "mnt" / "snap" / "hello").write_text("changed in snap\n")
+    fs.umount(tmp_path / "mnt" / "snap")
+
+    fs.mount(base, tmp_path / "mnt" / "base")
+    assert (tmp_path / "mnt" / "base" / "hello").read_text() == "from base\n"
+    assert fs.mounts_of(base) == [str(tmp_path / "mnt" / "base")]
+    fs.umount(tmp_path / "mnt" / "base")
+
+
+def test_snapshot_of_an_active_origin_resumes_it(pool: Pool) -> None:
+    pool.create_thin(0)
+    pool.activate_thin(0, 16 * MiB)
+    pool.create_snap(1, 0)
+    assert not pool.dm.info(pool.thin_name(0)).suspended
+    with pytest.raises(ThinIdInUse):
+        pool.create_snap(1, 0)
+    assert not pool.dm.info(pool.thin_name(0)).suspended
+
+
+def test_discard_returns_blocks_to_the_data_file(pool: Pool, tmp_path: Path) -> None:
+    pool.create_thin(0)
+    device = pool.activate_thin(0, 256 * MiB)
+    fs.mkfs(device)
+    mnt = tmp_path / "mnt" / "d"
+    fs.mount(device, mnt)
+    before = allocated(pool.data_file)
+    (mnt / "big").write_bytes(os.urandom(64 * MiB))
+    os.sync()
+    grown = allocated(pool.data_file)
+    assert grown - before >= 60 * MiB
+    (mnt / "big").unlink()
+    os.sync()
+    fs.umount(mnt)
+    assert allocated(pool.data_file) <= before + 4 * MiB
+
+
+def test_teardown_and_activate_keep_everything(pool: Pool, tmp_path: Path) -> None:
+    pool.create_thin(0)
+    device = pool.activate_thin(0, 32 * MiB)
+    fs.mkfs(device)
+    fs.mount(device, tmp_path / "mnt" / "k")
+    (tmp_path / "mnt" / "k" / "kept").write_text("kept\n")
+    fs.umount(tmp_path / "mnt" / "k")
+    pool.set_transaction_id(0, 1)
+
+    pool.teardown()
+    assert not pool.exists()
+    pool.activate()
+    assert pool.usage().transaction_id == 1
+    with pytest.raises(ThinIdInUse):
+        pool.create_thin(0)
+    device = pool.activate_thin(0, 32 * MiB)
+    fs.mount(device, tmp_path / "mnt" / "k")
+    assert (tmp_path / "mnt" / "k" / "kept").read_text() == "kept\n"
+    fs.umount(tmp_path / "mnt" / "k")
+
+
+def test_free_space_gate(pool: Pool) -> None:
+    assert pool.check_free(0.10).data_free_fraction == 1.0
+    with pytest.raises(OutOfSpace, match="below the"):
+        pool.check_free(1.01)
+
+
+def test_grow_online(pool: Pool) -> None:
+    pool.create_thin(0)
+    pool.activate_thin(0, 16 * MiB)
+    pool.grow(data_bytes=1024 * MiB)
+    assert pool.usage().data_total == 1024 * MiB
+    assert pool.is_active(0)
+    with pytest.raises(InvalidInput, match="can only grow"):
+        pool.grow(data_bytes=256 * MiB)
+
+
+def test_create_refuses_an_existing_root(pool: Pool, dm: DeviceMapper) -> None:
+    with pytest.raises(PoolError, match="active already"):
+        Pool(pool.root, dm, SMALL).create()
