@@ -298,11 +298,19 @@ def test_ls_tree(stack: FakeDM) -> None:
 
 
 def test_ls_tree_branches(fake: FakeDM) -> None:
-    fake.add("a", deps=[(7, 0), (7, 1)])
-    fake.add("b", deps=[(254, 0), (254, 2)])
-    fake.add("c", deps=[(7, 2)])
+    table = [Target(0, 8, "linear", "7:0 0")]
+    fake.add("a", table, deps=[(7, 0), (7, 1)])
+    fake.add("b", table, deps=[(254, 0), (254, 2)])
+    fake.add("c", table, deps=[(7, 2)])
+    fake.add("d", deps=[(7, 3)])  # no live table: no dependencies
     assert ok(run(fake, "ls", "--tree", "-o", "ascii")) == (
-        "b (254:1)\n |-a (254:0)\n |  |- (7:0)\n |  `- (7:1)\n `-c (254:2)\n    `- (7:2)\n"
+        "b (254:1)\n"
+        " |-a (254:0)\n"
+        " |  |- (7:0)\n"
+        " |  `- (7:1)\n"
+        " `-c (254:2)\n"
+        "    `- (7:2)\n"
+        "d (254:3)\n"
     )
 
 
