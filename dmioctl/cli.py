@@ -313,6 +313,7 @@ def ls_command(
         dmioctl ls --target thin-pool
     """
     symbols = _tree_symbols(tree_options)
+    roots: list[_TreeNode] = []
     with env.control() as dm:
         devices = _by_name(dm.list_devices())
         if target_type is not None:
