@@ -410,7 +410,7 @@ class _TreeNode:
 def _build_tree(dm: DeviceMapper, devices: Sequence[ListedDevice]) -> list[_TreeNode]:
     """Roots of the dependency tree: devices that no other listed device uses."""
     by_number = {(d.major, d.minor): d for d in devices}
-    uses = {(d.major, d.minor): _live_deps(dm, d.name) for d in devices}
+    uses = {(d.major, d.minor): dm.deps(d.name) for d in devices}
     used = {dep for deps in uses.values() for dep in deps}
 
     def node(number: tuple[int, int]) -> _TreeNode:
@@ -681,7 +681,7 @@ def deps(env: Environment, name: str | None, as_json: bool) -> None:
         dmioctl deps vg-thin
     """
     with env.control() as dm:
-        per_device = [(n, _live_deps(dm, n)) for n in _names(dm, name)]
+        per_device = [(n, dm.deps(n)) for n in _names(dm, name)]
     if as_json:
         _dump(
             [
@@ -696,17 +696,6 @@ def deps(env: Environment, name: str | None, as_json: bool) -> None:
         prefix = f"{device}: " if name is None else ""
         listed = "".join(f" ({ma}, {mi})" for ma, mi in numbers)
         click.echo(f"{prefix}{len(numbers)} dependencies\t:{listed}")
-
-
-def _live_deps(dm: DeviceMapper, name: str) -> list[tuple[int, int]]:
-    """The devices the live table of NAME uses; none when it has no live table.
-
-    TODO(#3): ask DM_TABLE_DEPS alone once DeviceMapper.deps accepts the reply
-    without data that the kernel gives for a device with no live table.
-    """
-    if not dm.info(name).active_table:
-        return []
-    return dm.deps(name)
 
 
 # Commands that change devices

@@ -32,9 +32,9 @@ from dataclasses import dataclass
 
 from construct import CString
 
-from dmioctl import nodes
+from dmioctl import nodes, udev
 from dmioctl.errors import DeviceBusy, DMError, InvalidArgument
-from dmioctl.ioctl import Reply, cstring, issue
+from dmioctl.ioctl import NO_FLAGS, Reply, cstring, issue
 from dmioctl.table import Target, validate
 from dmioctl.uapi.dm import (
     DM_MAX_TYPE_NAME,
@@ -162,10 +162,18 @@ class DeviceMapper:
 
     Opens ``/dev/mapper/control`` (or ``path``); use it as a context manager or
     call :meth:`close`.  ``manage_nodes`` keeps ``/dev/mapper/<name>`` in step
-    with the devices (see :mod:`dmioctl.nodes`).
+    with the devices (see :mod:`dmioctl.nodes`); where udevd runs, that means
+    waiting up to ``udev_timeout`` seconds for the udev rules after a resume,
+    rename or remove (see :mod:`dmioctl.udev`).
     """
 
-    def __init__(self, path: str = CONTROL_PATH, *, manage_nodes: bool = True) -> None:
+    def __init__(
+        self,
+        path: str = CONTROL_PATH,
+        *,
+        manage_nodes: bool = True,
+        udev_timeout: float = nodes.UDEV_TIMEOUT,
+    ) -> None:
         try:
             self.fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
         except (FileNotFoundError, OSError) as exc:
@@ -177,6 +185,7 @@ class DeviceMapper:
             ) from exc
         self.path = path
         self.manage_nodes = manage_nodes
+        self.udev_timeout = udev_timeout
 
     def close(self) -> None:
         """Close the control file."""
@@ -259,14 +268,15 @@ class DeviceMapper:
         Raises:
             NoSuchDevice: no such device.
             DeviceBusy: the device is open, after all tries.
+            UdevTimeout: the device is gone but udev did not finish in time.
         """
         self._check_ref(name, uuid)
         flags = DMFlag.DM_DEFERRED_REMOVE if deferred else DMFlag(0)
         attempts = retries + 1
         for attempt in range(1, attempts + 1):
             try:
-                reply = issue(
-                    self.fd, DMCommand.DM_DEV_REMOVE_CMD, name=name, uuid=uuid, flags=flags
+                reply, synced = self._issue_with_cookie(
+                    DMCommand.DM_DEV_REMOVE_CMD, name, uuid, flags
                 )
                 break
             except DeviceBusy:
@@ -275,7 +285,7 @@ class DeviceMapper:
                 log.debug("DM_DEV_REMOVE %s busy, attempt %d/%d", name or uuid, attempt, attempts)
                 time.sleep(retry_delay)
         info = _info(reply)
-        if self.manage_nodes and not info.deferred_remove:
+        if self.manage_nodes and not synced and not info.deferred_remove:
             nodes.removed(info.name)
         return info
 
@@ -286,6 +296,9 @@ class DeviceMapper:
 
         Exactly one of ``new_name`` and ``new_uuid``; ``new_uuid`` uses
         DM_UUID_FLAG, which the kernel allows only while the device has no uuid.
+
+        Raises:
+            UdevTimeout: the device was renamed but udev did not finish in time.
         """
         self._check_ref(name, uuid)
         if bool(new_name) == bool(new_uuid):
@@ -296,17 +309,11 @@ class DeviceMapper:
         else:
             validate_uuid(new_uuid)
             payload, flags = new_uuid.encode() + b"\0", DMFlag.DM_UUID_FLAG
-        info = _info(
-            issue(
-                self.fd,
-                DMCommand.DM_DEV_RENAME_CMD,
-                name=name,
-                uuid=uuid,
-                flags=flags,
-                payload=payload,
-            )
+        reply, synced = self._issue_with_cookie(
+            DMCommand.DM_DEV_RENAME_CMD, name, uuid, flags, payload
         )
-        if self.manage_nodes and new_name:
+        info = _info(reply)
+        if self.manage_nodes and not synced and new_name:
             nodes.renamed(info.name, new_name, info.major, info.minor)
         # The reply carries the name and uuid as sent: ask for the new ones.
         return self.info(new_name) if new_name else self.info(name, uuid=uuid)
@@ -333,10 +340,14 @@ class DeviceMapper:
         """DM_DEV_SUSPEND without DM_SUSPEND_FLAG: make the inactive table active, let I/O through.
 
         Resuming a device that is not suspended is not an error.
+
+        Raises:
+            UdevTimeout: the device runs but udev did not finish its links in time.
         """
         self._check_ref(name, uuid)
-        info = _info(issue(self.fd, DMCommand.DM_DEV_SUSPEND_CMD, name=name, uuid=uuid))
-        if self.manage_nodes:
+        reply, synced = self._issue_with_cookie(DMCommand.DM_DEV_SUSPEND_CMD, name, uuid)
+        info = _info(reply)
+        if self.manage_nodes and not synced:
             nodes.created(info.name, info.major, info.minor, active=info.active_table)
         return info
 
@@ -512,6 +523,42 @@ class DeviceMapper:
             return None
         return str(CString("utf8").parse(reply.data))
 
+    def _issue_with_cookie(
+        self,
+        command: DMCommand,
+        name: str,
+        uuid: str,
+        flags: DMFlag = NO_FLAGS,
+        payload: bytes = b"",
+    ) -> tuple[Reply, bool]:
+        """Issue a command after which the kernel may send a uevent (resume, rename, remove).
+
+        Where udevd runs and nodes are managed, a udev cookie goes in ``event_nr``
+        and, if the reply has DM_UEVENT_GENERATED_FLAG, the rules are waited for
+        (at most ``udev_timeout``).  The cookie is removed in every case.  Returns
+        the reply and whether udev was waited for: then the nodes are final.
+
+        Raises:
+            UdevTimeout: the rules did not complete in time.
+        """
+        if not (self.manage_nodes and nodes.udev_running()):
+            reply = issue(self.fd, command, name=name, uuid=uuid, flags=flags, payload=payload)
+            return reply, False
+        with udev.Cookie.create() as cookie:
+            reply = issue(
+                self.fd,
+                command,
+                name=name,
+                uuid=uuid,
+                flags=flags,
+                event_nr=cookie.value,
+                payload=payload,
+            )
+            if DMFlag.DM_UEVENT_GENERATED_FLAG not in reply.flags:
+                return reply, False
+            cookie.wait(self.udev_timeout)
+            return reply, True
+
     @staticmethod
     def _check_ref(name: str, uuid: str) -> None:
         if bool(name) == bool(uuid):
@@ -563,7 +610,12 @@ def _parse_targets(reply: Reply) -> list[Target]:
 
 
 def _parse_deps(reply: Reply) -> list[tuple[int, int]]:
-    """(major, minor) pairs of a DM_TABLE_DEPS reply."""
+    """(major, minor) pairs of a DM_TABLE_DEPS reply; none when there is no live table.
+
+    Without a live table the kernel writes no payload at all (dm-ioctl.c table_deps).
+    """
+    if not reply.data:
+        return []
     parsed = dm_target_deps.parse(reply.data)
     return [(os.major(dev), os.minor(dev)) for dev in parsed.dev]
 

@@ -105,7 +105,9 @@ class FakeDM:
         ]
 
     def deps(self, name: str) -> list[tuple[int, int]]:
-        return list(self._get("DM_TABLE_DEPS", name).deps)
+        device = self._get("DM_TABLE_DEPS", name)
+        # As the kernel: no live table, no dependencies reported.
+        return list(device.deps) if device.live is not None else []
 
     # Changes
 
