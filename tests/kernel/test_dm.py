@@ -162,6 +162,8 @@ def test_deps(dm: DeviceMapper, prefix: str) -> None:
     dm.resume(upper)
     assert dm.deps(upper) == [(info.major, info.minor)]
     assert dm.deps(lower) == []
+    dm.create(prefix + "empty")
+    assert dm.deps(prefix + "empty") == []
 
 
 def test_busy_device(dm: DeviceMapper, prefix: str) -> None:
