@@ -66,8 +66,9 @@ id and call ``op.outcome(actual)``:
 * Anything else raises :class:`TransactionMismatch`: a matter for fsck.
 
 Only one operation is open per root at a time.  An operation whose ``with``
-block is left by an exception stays open and is reported by ``interrupted()``
-like one from a crashed process, since its kernel changes are as uncertain.
+block is left without ``finish()`` or ``rollback()`` (by an exception, most
+often) stays open and is reported by ``interrupted()`` like one from a crashed
+process, since its kernel changes are as uncertain.
 """
 
 from __future__ import annotations
@@ -512,7 +513,8 @@ class Store:
     """The metadata of one root: layers, the pool record and the journal.
 
     Open with :meth:`open`; use as a context manager or call :meth:`close`.
-    One thread uses a Store; other threads and processes open their own.
+    One thread uses a Store; other threads and processes open their own (a
+    Store does not survive ``fork``: open a new one in the child).
     """
 
     def __init__(self, root: Path, db: sqlite3.Connection, lock: _RootLock) -> None:
@@ -1045,8 +1047,9 @@ class Operation:
     """An open journal entry: an operation that changes the pool.
 
     Obtained from :meth:`Store.begin` or :meth:`Store.interrupted`.  Used as a
-    context manager, a block left by an exception leaves it open and
-    interrupted (its kernel changes are uncertain); see the module docstring.
+    context manager, a block left without :meth:`finish` or :meth:`rollback`
+    leaves it open and interrupted (its kernel changes are uncertain); see the
+    module docstring.
     """
 
     def __init__(
