@@ -11,9 +11,10 @@ from __future__ import annotations
 import ctypes
 import errno
 import fcntl
+import functools
 import logging
 import os
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from dmioctl.errors import DeviceBusy, DeviceExists, DMError, IoctlError, NoSuchDevice
 from dmioctl.uapi.dm import (
@@ -40,6 +41,11 @@ MAX_BUFFER_SIZE = 64 * 1024 * 1024
 _REQUEST_VERSION = (DM_VERSION_MAJOR, 0, 0)
 
 NO_FLAGS = DMFlag(0)
+
+# Plain ints for the checks made on every call (enum flag operations are slow).
+_FLAGS_FIELD = flat_codec(dm_ioctl).fields.index("flags")
+_BUFFER_FULL = int(DMFlag.DM_BUFFER_FULL_FLAG)
+_SECURE = int(DMFlag.DM_SECURE_DATA_FLAG)
 
 #: Commands that wait in the kernel for something else to happen.
 _BLOCKING_COMMANDS = (DMCommand.DM_DEV_WAIT_CMD,)
@@ -121,6 +127,7 @@ def issue(
     """
     name_bytes = name.encode()
     uuid_bytes = uuid.encode()
+    secure = int(flags) & _SECURE
     size = max(buffer_size, DATA_START + len(payload))
     while True:
         buffer = bytearray(size)
@@ -153,11 +160,13 @@ def issue(
                 flags.words(),
                 errno.errorcode.get(exc.errno or 0, exc.errno),
             )
-            _wipe_if_secret(buffer, flags)
+            if secure:
+                _wipe(buffer)
             raise _error(command, device, exc.errno or errno.EIO) from exc
-        reply = _unpack(buffer)
-        if DMFlag.DM_BUFFER_FULL_FLAG in reply.flags:
-            _wipe_if_secret(buffer, flags)
+        fields = _HEADER.unpack_from(buffer)
+        if fields[_FLAGS_FIELD] & _BUFFER_FULL:
+            if secure:
+                _wipe(buffer)
             if size >= MAX_BUFFER_SIZE:
                 raise DMError(
                     f"{command.kernel_name} reply does not fit in {MAX_BUFFER_SIZE} bytes"
@@ -165,6 +174,7 @@ def issue(
             size = min(size * 2, MAX_BUFFER_SIZE)
             log.debug("%s reply did not fit: retrying with %d bytes", command.kernel_name, size)
             continue
+        reply = _reply(fields, buffer)
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "%s %s flags=%s -> flags=%s event_nr=%d",
@@ -174,9 +184,9 @@ def issue(
                 reply.flags.words(),
                 reply.event_nr,
             )
-        if DMFlag.DM_SECURE_DATA_FLAG in flags:
+        if secure:
             reply = reply._replace(buffer=bytes(buffer))
-            _wipe_if_secret(buffer, flags)
+            _wipe(buffer)
         return reply
 
 
@@ -193,7 +203,8 @@ def _ioctl_releasing_gil(fd: int, request: int, buffer: bytearray) -> None:
         raise OSError(err, os.strerror(err))
 
 
-def _unpack(buffer: bytearray) -> Reply:
+def _reply(fields: tuple[Any, ...], buffer: bytearray) -> Reply:
+    """A Reply from the unpacked header ``fields`` and the buffer they came from."""
     (
         v0,
         v1,
@@ -207,14 +218,14 @@ def _unpack(buffer: bytearray) -> Reply:
         dev,
         name,
         uuid,
-    ) = _HEADER.unpack_from(buffer)
+    ) = fields
     return Reply(
         version=(v0, v1, v2),
         data_size=min(data_size, len(buffer)),
         data_start=data_start,
         target_count=target_count,
         open_count=open_count,
-        flags=DMFlag(flags),
+        flags=_as_flags(flags),
         event_nr=event_nr,
         dev=dev,
         name=cstring(name),
@@ -223,14 +234,18 @@ def _unpack(buffer: bytearray) -> Reply:
     )
 
 
+#: DMFlag from an int, remembered: building an enum flag is costly and replies
+#: repeat a handful of values.
+_as_flags = functools.lru_cache(maxsize=256)(DMFlag)
+
+
 def cstring(raw: bytes) -> str:
     """The text of a NUL-padded fixed-size field."""
     return raw.split(b"\0", 1)[0].decode(errors="surrogateescape")
 
 
-def _wipe_if_secret(buffer: bytearray, flags: DMFlag) -> None:
-    if DMFlag.DM_SECURE_DATA_FLAG in flags:
-        buffer[:] = bytes(len(buffer))
+def _wipe(buffer: bytearray) -> None:
+    buffer[:] = bytes(len(buffer))
 
 
 def _error(command: DMCommand, device: str | None, err: int) -> IoctlError:

@@ -3,7 +3,7 @@
 
 Every ioctl that :func:`dmioctl.ioctl.issue` makes encodes the device name and
 uuid, packs the header into the buffer (``_HEADER.pack_into``) and unpacks the
-kernel's header into a :class:`~dmioctl.ioctl.Reply` (``_unpack``).  This times
+kernel's header into a :class:`~dmioctl.ioctl.Reply` (``_reply``).  This times
 exactly that work, with no kernel involved, so it runs on any host.  The zeroed
 buffer each call allocates is timed on its own line, for scale.
 
@@ -29,7 +29,7 @@ from typing import Any
 # Import the dmioctl of this checkout, whatever the environment has installed.
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from dmioctl.ioctl import _HEADER, _REQUEST_VERSION, DATA_START, DEFAULT_BUFFER_SIZE, _unpack
+from dmioctl.ioctl import _HEADER, _REQUEST_VERSION, DATA_START, DEFAULT_BUFFER_SIZE, _reply
 from dmioctl.uapi.dm import DMFlag
 
 #: The per-call budget for encode + decode.
@@ -60,7 +60,7 @@ def header_round_trip(buffer: bytearray, name: str, uuid: str) -> Callable[[], o
             name.encode(),
             uuid.encode(),
         )
-        return _unpack(buffer)
+        return _reply(_HEADER.unpack_from(buffer), buffer)
 
     return once
 
