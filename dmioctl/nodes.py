@@ -3,7 +3,10 @@
 The kernel names a device ``dm-N`` in sysfs and devtmpfs; ``/dev/mapper/<name>``
 is made in user space.  Where udevd runs, the device-mapper udev rules make it
 (as a link to ``../dm-N``) and dmioctl waits, with a timeout, until they have,
-rather than racing them.  Where no udevd runs, dmioctl makes and removes the
+rather than racing them: after a resume, rename or remove through the udev
+cookie (:mod:`dmioctl.udev`), which the rules release once the links are done;
+where the kernel sends no cookie (DM_REMOVE_ALL, a resume that changed nothing),
+by watching for the path.  Where no udevd runs, dmioctl makes and removes the
 node itself, so that it exists exactly when the device does, with its dev_t.
 """
 
@@ -31,8 +34,20 @@ def node_path(name: str) -> str:
 
 
 def udev_running() -> bool:
-    """Whether udevd runs, so that the udev rules own the nodes."""
+    """Whether udevd runs, so that the udev rules own the nodes.
+
+    udevd makes its control socket at start; a udevd that was killed can leave
+    it behind, and then calls that wait for udev time out.
+    """
     return os.path.exists(UDEV_CONTROL)
+
+
+def link_target(name: str) -> str | None:
+    """Where ``/dev/mapper/<name>`` points when it is a link (``../dm-N``), else None."""
+    try:
+        return os.readlink(node_path(name))
+    except OSError:  # absent (ENOENT) or not a link (EINVAL)
+        return None
 
 
 def created(name: str, major: int, minor: int, *, active: bool = False) -> None:
