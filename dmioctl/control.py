@@ -556,7 +556,7 @@ class DeviceMapper:
             )
             if DMFlag.DM_UEVENT_GENERATED_FLAG not in reply.flags:
                 return reply, False
-            cookie.wait(self.udev_timeout)
+            cookie.wait(self.udev_timeout, f"{command.kernel_name} on {name or uuid!r}")
             return reply, True
 
     @staticmethod

@@ -223,10 +223,11 @@ class Cookie:
             raise UdevError(f"cannot read udev cookie {self.value:#x}: {_describe(err)}")
         return int(value)
 
-    def wait(self, timeout: float) -> None:
+    def wait(self, timeout: float, what: str = "") -> None:
         """Block until the rules have completed the cookie (value 0), at most ``timeout`` s.
 
         A signal does not end the wait early: it goes on for the time that is left.
+        ``what`` names the operation for messages, e.g. ``DM_DEV_REMOVE on 'vol'``.
 
         Raises:
             UdevTimeout: the value did not reach 0 in time.
@@ -250,8 +251,9 @@ class Cookie:
             if err == errno.EINTR:
                 continue
             if err == errno.EAGAIN:
+                after = f" after {what}" if what else ""
                 raise UdevTimeout(
-                    f"udev did not complete cookie {self.value:#x} within {timeout:g} s; "
+                    f"udev did not complete cookie {self.value:#x}{after} within {timeout:g} s; "
                     "is udevd running, with the device-mapper rules (95-dm-notify.rules)?"
                 )
             raise UdevError(f"waiting for udev cookie {self.value:#x} failed: {_describe(err)}")
