@@ -67,6 +67,17 @@ def grow(device: str, mountpoint: Path, fstype: str) -> None:
     _run([*_GROW[fstype], str(mountpoint) if fstype == "xfs" else device])
 
 
+def detect(device: str) -> str:
+    """The file-system type on ``device``, as blkid reports it."""
+    result = subprocess.run(
+        ["blkid", "-o", "value", "-s", "TYPE", device], capture_output=True, text=True
+    )
+    fstype = result.stdout.strip()
+    if result.returncode or not fstype:
+        raise FsError(f"no file system found on {device}")
+    return fstype
+
+
 def mounts_of(device: str) -> list[str]:
     """Mount points of ``device``, from /proc/self/mountinfo (by major:minor)."""
     rdev = os.stat(device).st_rdev

@@ -1,0 +1,490 @@
+"""The layer graph: a base, images and containers, each a thin device of the pool.
+
+    base (thin 0, an empty file system)
+      image = snapshot of its parent with a layer tarball applied
+        image ...
+          container = writable snapshot of an image, mounted at a path
+
+Each operation runs under the store's exclusive lock and follows the store's
+journal protocol (see :mod:`layering.store`): journal, kernel changes, then the
+pool's transaction id as the commit point, then ``finish``.  Opening a graph
+reconciles an operation a crash interrupted: completed when the pool's
+transaction id says the kernel committed it, otherwise rolled back.
+
+A thin device is active only while it is used: images while a tarball is
+applied, containers while they exist.  For tests, the environment variable
+``DMSNAP_CRASH_AT=<step>`` ends the process at that step of any operation,
+as a crash would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import IO
+
+from dmioctl import DeviceMapper, NoSuchDevice
+from dmioctl.targets.thin_pool import NoSuchThinId
+from layering import fs, layers
+from layering.errors import InvalidInput, LayeringError
+from layering.pool import GiB, Pool, PoolConfig, Usage
+from layering.store import (
+    Busy,
+    HasChildren,
+    Layer,
+    LayerKind,
+    Operation,
+    Outcome,
+    PoolBacking,
+    PoolRecord,
+    Store,
+    new_layer_id,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BASE_BYTES = 10 * GiB
+#: New layers are refused below this fraction of free pool space (as Docker did).
+DEFAULT_MIN_FREE = 0.10
+CRASH_ENV = "DMSNAP_CRASH_AT"
+
+
+class NotInitialised(LayeringError):
+    """The root holds no store: ``dmsnap init`` makes one."""
+
+
+class Graph:
+    """Base, images and containers of one root directory."""
+
+    def __init__(self, store: Store, pool: Pool, *, min_free: float = DEFAULT_MIN_FREE) -> None:
+        self.store = store
+        self.pool = pool
+        self.min_free = min_free
+        self.root = store.root
+
+    # Opening
+
+    @classmethod
+    def init(
+        cls,
+        root: Path,
+        dm: DeviceMapper,
+        config: PoolConfig,
+        *,
+        base_bytes: int = DEFAULT_BASE_BYTES,
+        fstype: str = "ext4",
+    ) -> Graph:
+        """Make a store, a pool and the base device with an empty file system."""
+        fs.check_fstype(fstype)
+        if base_bytes <= 0 or base_bytes % 512:
+            raise InvalidInput(f"base size {base_bytes} bytes must be a positive multiple of 512")
+        root.mkdir(parents=True, exist_ok=True)
+        store = Store.open(root)
+        with store.exclusive():
+            if store.pool() is not None:
+                raise LayeringError(f"{root} holds a store already")
+            pool = Pool(root, dm, config)
+            files = config.metadata_device is None
+            store.set_pool(
+                PoolRecord(
+                    device_name=pool.name,
+                    backing=PoolBacking.FILES if files else PoolBacking.DEVICES,
+                    data=pool.data_file if files else Path(str(config.data_device)),
+                    metadata=pool.metadata_file if files else Path(str(config.metadata_device)),
+                    data_block_size_sectors=config.block_sectors,
+                )
+            )
+            pool.create()
+            graph = cls(store, pool)
+            base = Layer(new_layer_id(), LayerKind.BASE, None, 0, base_bytes, name="base")
+            with graph._operation("init", {"fstype": fstype}, add=[base]) as op:
+                graph._step(op, "create_thin")
+                pool.create_thin(0)
+                with graph._active(base) as device:
+                    fs.mkfs(device, fstype)
+        return graph
+
+    @classmethod
+    def open(cls, root: Path, dm: DeviceMapper) -> Graph:
+        """Open the store of ``root``, bring its pool up, and reconcile a crashed operation."""
+        if not (root / "metadata.db").exists():
+            raise NotInitialised(f"{root} holds no store; run 'dmsnap init' first")
+        store = Store.open(root)
+        record = store.pool()
+        if record is None:
+            raise NotInitialised(f"{root} holds no pool; run 'dmsnap init' first")
+        pool = Pool(root, dm, _config(record))
+        graph = cls(store, pool)
+        with store.exclusive():
+            pool.activate()
+            graph._reconcile()
+        return graph
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> Graph:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # Operations
+
+    def import_layer(
+        self,
+        tarball: Path | IO[bytes],
+        *,
+        parent: str = "base",
+        name: str | None = None,
+        size_bytes: int | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> Layer:
+        """A new image: snapshot ``parent``, apply the tarball, record it.
+
+        A tarball the safety checks refuse leaves nothing behind.
+        """
+        with self.store.exclusive():
+            base = self.store.get(parent)
+            if base.kind is LayerKind.CONTAINER:
+                raise InvalidInput(f"{parent} is a container; commit it to an image first")
+            size = self._size(base, size_bytes)
+            self.pool.check_free(self.min_free)
+            layer = Layer(
+                new_layer_id(),
+                LayerKind.IMAGE,
+                base.id,
+                self.store.next_thin_id(),
+                size,
+                name=name,
+            )
+            with self._operation("import", {"parent": base.id}, add=[layer]) as op:
+                self._step(op, "create_snap")
+                self.pool.create_snap(layer.thin_id, base.thin_id)
+                with self._mounted(layer, grow_from=base.size_bytes) as where:
+                    self._step(op, "apply")
+                    layers.apply(tarball, where, progress=progress)
+            return self.store.get(layer.id)
+
+    def create_container(
+        self,
+        image: str,
+        *,
+        name: str | None = None,
+        mount: Path | None = None,
+        size_bytes: int | None = None,
+    ) -> Layer:
+        """A writable snapshot of ``image``, active and mounted (by default under the root)."""
+        with self.store.exclusive():
+            parent = self.store.get(image)
+            if parent.kind is LayerKind.CONTAINER:
+                raise InvalidInput(f"{image} is a container; commit it to an image first")
+            size = self._size(parent, size_bytes)
+            self.pool.check_free(self.min_free)
+            layer_id = new_layer_id()
+            where = (mount or self.root / "containers" / layer_id).absolute()
+            layer = Layer(
+                layer_id,
+                LayerKind.CONTAINER,
+                parent.id,
+                self.store.next_thin_id(),
+                size,
+                name=name,
+                mount=where,
+            )
+            with self._operation("create", {"image": parent.id}, add=[layer]) as op:
+                self._step(op, "create_snap")
+                self.pool.create_snap(layer.thin_id, parent.thin_id)
+                self._step(op, "mount")
+                device = self.pool.activate_thin(layer.thin_id, size)
+                fs.mount(device, where)
+                if size > parent.size_bytes:
+                    fs.grow(device, where, fs.detect(device))
+            return self.store.get(layer.id)
+
+    def commit(self, container: str, *, name: str | None = None) -> Layer:
+        """A new image from a container's current content (a snapshot; the container stays)."""
+        with self.store.exclusive():
+            source = self.store.get(container)
+            if source.kind is not LayerKind.CONTAINER:
+                raise InvalidInput(f"{container} is not a container")
+            assert source.parent is not None
+            self.pool.check_free(self.min_free)
+            layer = Layer(
+                new_layer_id(),
+                LayerKind.IMAGE,
+                source.parent,
+                self.store.next_thin_id(),
+                source.size_bytes,
+                name=name,
+            )
+            with self._operation("commit", {"container": source.id}, add=[layer]) as op:
+                if source.mount is not None:
+                    os.sync()
+                self._step(op, "create_snap")
+                self.pool.create_snap(layer.thin_id, source.thin_id)
+            return self.store.get(layer.id)
+
+    def mount(self, container: str) -> Layer:
+        """Activate and mount a container that is unmounted (after ``umount`` or a reboot)."""
+        with self.store.exclusive():
+            layer = self._container(container)
+            where = layer.mount or self.root / "containers" / layer.id
+            device = self.pool.activate_thin(layer.thin_id, layer.size_bytes)
+            if str(where) not in fs.mounts_of(device):
+                fs.mount(device, where)
+            return self.store.set_mount(layer.id, where)
+
+    def umount(self, container: str) -> Layer:
+        """Unmount a container and deactivate its device; its content stays."""
+        with self.store.exclusive():
+            layer = self._container(container)
+            self._release(layer)
+            return self.store.get(layer.id)
+
+    def remove(self, ref: str, *, recursive: bool = False) -> list[Layer]:
+        """Remove a layer (and, with ``recursive``, everything built on it).
+
+        Raises:
+            HasChildren: the layer has children and ``recursive`` is not set.
+            Busy: the device is held open; the message says by whom.
+        """
+        with self.store.exclusive():
+            layer = self.store.get(ref)
+            if layer.kind is LayerKind.BASE:
+                raise InvalidInput("the base layer goes only with 'destroy'")
+            doomed = self._descendants(layer)
+            if len(doomed) > 1 and not recursive:
+                names = ", ".join(_label(child) for child in doomed[:-1])
+                raise HasChildren(f"{_label(layer)} has children ({names}); use recursive")
+            for victim in doomed:
+                self._remove_one(victim)
+            return doomed
+
+    # Queries
+
+    def layers(self, kind: LayerKind | None = None) -> list[Layer]:
+        return self.store.layers(kind)
+
+    def get(self, ref: str) -> Layer:
+        return self.store.get(ref)
+
+    def usage(self) -> Usage:
+        return self.pool.usage()
+
+    def tree(self) -> list[tuple[int, Layer]]:
+        """Every layer with its depth, parents before children, depth-first."""
+        by_parent: dict[str | None, list[Layer]] = {}
+        for layer in self.store.layers():
+            by_parent.setdefault(layer.parent, []).append(layer)
+        ordered: list[tuple[int, Layer]] = []
+
+        def walk(parent: str | None, depth: int) -> None:
+            for layer in by_parent.get(parent, []):
+                ordered.append((depth, layer))
+                walk(layer.id, depth + 1)
+
+        walk(None, 0)
+        return ordered
+
+    def destroy(self) -> None:
+        """Unmount every container, tear the pool down and delete its files and the store."""
+        with self.store.exclusive():
+            for layer in self.store.layers(LayerKind.CONTAINER):
+                if layer.mount is not None and os.path.ismount(layer.mount):
+                    fs.umount(layer.mount)
+            self.pool.destroy()
+        self.store.close()
+        for leftover in ("metadata.db", "metadata.db-wal", "metadata.db-shm", "lock"):
+            (self.root / leftover).unlink(missing_ok=True)
+        shutil.rmtree(self.root / "containers", ignore_errors=True)
+
+    # Steps shared by the operations
+
+    @contextlib.contextmanager
+    def _operation(
+        self,
+        name: str,
+        args: dict[str, str],
+        *,
+        add: Sequence[Layer] = (),
+        remove: Sequence[str] = (),
+    ) -> Iterator[Operation]:
+        """Journal an operation; commit it by the pool's transaction id, or undo it on error."""
+        record = self.store.pool()
+        assert record is not None
+        kernel = self.pool.usage().transaction_id
+        if kernel != record.transaction_id:
+            raise LayeringError(
+                f"pool transaction id {kernel} differs from the store's "
+                f"{record.transaction_id}; run 'dmsnap fsck'"
+            )
+        op = self.store.begin(name, args, record.transaction_id + 1, add=add, remove=remove)
+        try:
+            yield op
+            self._step(op, "commit")
+            self.pool.set_transaction_id(op.previous_transaction_id, op.planned_transaction_id)
+            self._step(op, "committed")
+        except BaseException:
+            log.debug("%s failed: rolling back", name)
+            self._undo(op)
+            raise
+        self._finish(op)
+
+    def _finish(self, op: Operation) -> None:
+        """After the commit point: what a removal still has to do, then close the journal."""
+        for layer_id in op.removed:
+            layer = self.store.get(layer_id)
+            self._release(layer)
+            with contextlib.suppress(NoSuchThinId):
+                self.pool.delete_thin(layer.thin_id)
+        op.finish()
+
+    def _undo(self, op: Operation) -> None:
+        """Before the commit point: take back the devices the operation may have made."""
+        for layer_id in op.added:
+            layer = self.store.get(layer_id)
+            self._release(layer)
+            with contextlib.suppress(NoSuchThinId):
+                self.pool.delete_thin(layer.thin_id)
+        op.rollback()
+
+    def _reconcile(self) -> None:
+        op = self.store.interrupted()
+        if op is None:
+            return
+        actual = self.pool.usage().transaction_id
+        if op.outcome(actual) is Outcome.APPLIED:
+            log.debug("interrupted %s committed in the kernel: completing it", op.name)
+            self._finish(op)
+        else:
+            log.debug("interrupted %s not committed: rolling it back", op.name)
+            self._undo(op)
+
+    def _remove_one(self, layer: Layer) -> None:
+        self._release(layer, check_busy=True)
+        if layer.mount is not None:
+            self.store.set_mount(layer.id, None)
+        with self._operation("remove", {"layer": layer.id}, remove=[layer.id]) as op:
+            self._step(op, "remove")
+
+    def _release(self, layer: Layer, *, check_busy: bool = False) -> None:
+        """Unmount a layer (its own mount, and work mounts a crash left) and deactivate it.
+
+        With ``check_busy``, a layer still in use after that is removed deferred
+        (when last closed) and :class:`Busy` says who holds it.
+        """
+        if not self.pool.is_active(layer.thin_id):
+            return
+        node = f"/dev/mapper/{self.pool.thin_name(layer.thin_id)}"
+        for where in fs.mounts_of(node):
+            path = Path(where)
+            if path != layer.mount and self.root not in path.parents:
+                continue
+            try:
+                fs.umount(path)
+            except fs.FsError:
+                if not check_busy:
+                    raise
+            else:
+                if path.name.startswith(".work-"):
+                    path.rmdir()
+        try:
+            info = self.pool.dm.info(self.pool.thin_name(layer.thin_id))
+        except NoSuchDevice:
+            return  # a deferred removal went through when the last user closed it
+        if info.open_count and check_busy:
+            holders = fs.mounts_of(node)
+            self.pool.deactivate_thin(layer.thin_id, deferred=True)
+            raise Busy(
+                f"{_label(layer)} is busy: open {info.open_count} time(s)"
+                + (f", mounted on {', '.join(holders)}" if holders else "")
+                + "; its device goes when last closed, remove it again then"
+            )
+        self.pool.deactivate_thin(layer.thin_id)
+
+    @contextlib.contextmanager
+    def _active(self, layer: Layer) -> Iterator[str]:
+        device = self.pool.activate_thin(layer.thin_id, layer.size_bytes)
+        try:
+            yield device
+        finally:
+            self.pool.deactivate_thin(layer.thin_id)
+
+    @contextlib.contextmanager
+    def _mounted(self, layer: Layer, *, grow_from: int) -> Iterator[Path]:
+        """The layer's file system mounted on a work directory, grown if the layer is larger."""
+        with self._active(layer) as device:
+            work = Path(tempfile.mkdtemp(prefix=".work-", dir=self.root))
+            fs.mount(device, work)
+            try:
+                if layer.size_bytes > grow_from:
+                    fs.grow(device, work, fs.detect(device))
+                yield work
+            finally:
+                fs.umount(work)
+                work.rmdir()
+
+    def _container(self, ref: str) -> Layer:
+        layer = self.store.get(ref)
+        if layer.kind is not LayerKind.CONTAINER:
+            raise InvalidInput(f"{ref} is not a container")
+        return layer
+
+    def _descendants(self, layer: Layer) -> list[Layer]:
+        """``layer`` and everything built on it, children before parents."""
+        ordered: list[Layer] = []
+        for child in self.store.children(layer.id):
+            ordered.extend(self._descendants(child))
+        ordered.append(layer)
+        return ordered
+
+    @staticmethod
+    def _size(parent: Layer, size_bytes: int | None) -> int:
+        if size_bytes is None:
+            return parent.size_bytes
+        if size_bytes < parent.size_bytes or size_bytes % 512:
+            raise InvalidInput(
+                f"size {size_bytes} bytes must be a multiple of 512 and at least the "
+                f"parent's {parent.size_bytes}"
+            )
+        return size_bytes
+
+    @staticmethod
+    def _step(op: Operation, name: str) -> None:
+        op.step(name)
+        if os.environ.get(CRASH_ENV) == name:
+            log.warning("%s=%s: ending the process here, as a crash would", CRASH_ENV, name)
+            os._exit(70)
+
+
+def _config(record: PoolRecord) -> PoolConfig:
+    """The pool's configuration as the store recorded it."""
+    block_bytes = record.data_block_size_sectors * 512
+    if record.backing is PoolBacking.DEVICES:
+        return PoolConfig(
+            data_bytes=_size_of(record.data),
+            metadata_bytes=_size_of(record.metadata),
+            block_bytes=block_bytes,
+            data_device=str(record.data),
+            metadata_device=str(record.metadata),
+        )
+    return PoolConfig(
+        data_bytes=record.data.stat().st_size,
+        metadata_bytes=record.metadata.stat().st_size,
+        block_bytes=block_bytes,
+    )
+
+
+def _size_of(path: Path) -> int:
+    with path.open("rb") as f:
+        return f.seek(0, os.SEEK_END)
+
+
+def _label(layer: Layer) -> str:
+    return f"{layer.kind.value} {layer.name or layer.id}"

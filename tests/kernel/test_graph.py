@@ -1,0 +1,221 @@
+"""The layer graph end to end on a real thin-pool: images, containers, crashes, space."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dmioctl import DeviceMapper
+from layering.graph import Graph
+from layering.layers import UnsafeTarball
+from layering.pool import MiB, PoolConfig
+from layering.store import Busy, HasChildren, LayerKind, LayerState
+from tests.kernel.support import require
+
+pytestmark = pytest.mark.kernel
+
+CONFIG = PoolConfig(data_bytes=1024 * MiB, metadata_bytes=16 * MiB)
+BASE = 64 * MiB
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def tarball(files: dict[str, bytes | None]) -> io.BytesIO:
+    """A layer tarball: a name maps to content, or None for a directory."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        for name, content in files.items():
+            info = tarfile.TarInfo(name)
+            if content is None:
+                info.type = tarfile.DIRTYPE
+                info.mode = 0o755
+                tar.addfile(info)
+            else:
+                info.size = len(content)
+                tar.addfile(info, io.BytesIO(content))
+    out.seek(0)
+    return out
+
+
+@pytest.fixture
+def graph(dm: DeviceMapper, tmp_path: Path) -> Iterator[Graph]:
+    made = Graph.init(tmp_path / "store", dm, CONFIG, base_bytes=BASE)
+    try:
+        yield made
+    finally:
+        check_metadata(made)
+        made.destroy()
+
+
+def check_metadata(graph: Graph) -> None:
+    """thin_check passes on the pool's metadata with the pool stopped."""
+    require(shutil.which("thin_check") is not None, "thin-provisioning-tools not installed")
+    for layer in graph.layers(LayerKind.CONTAINER):
+        if layer.mount is not None and os.path.ismount(layer.mount):
+            subprocess.run(["umount", str(layer.mount)], check=True)
+    graph.pool.teardown()
+    result = subprocess.run(
+        ["thin_check", str(graph.pool.metadata_file)], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def listing(root: Path) -> dict[str, str]:
+    """Files under a mount, lost+found aside, with their text."""
+    return {
+        str(path.relative_to(root)): path.read_text()
+        for path in sorted(root.rglob("*"))
+        if path.is_file() and "lost+found" not in path.parts
+    }
+
+
+def test_chain_whiteouts_isolation_and_commit(graph: Graph) -> None:
+    os_layer = graph.import_layer(
+        tarball({"etc": None, "etc/os": b"fedora\n", "etc/motd": b"hi\n", "var": None}),
+        name="fedora",
+    )
+    app = graph.import_layer(
+        tarball({"etc/.wh.motd": b"", "srv": None, "srv/app": b"apache\n"}),
+        parent="fedora",
+        name="apache",
+    )
+    assert app.parent == os_layer.id
+    one = graph.create_container("apache", name="one")
+    two = graph.create_container("apache", name="two")
+    assert one.mount is not None and two.mount is not None
+    assert listing(one.mount) == {"etc/os": "fedora\n", "srv/app": "apache\n"}
+
+    (one.mount / "srv" / "log").write_text("only in one\n")
+    assert not (two.mount / "srv" / "log").exists()
+
+    committed = graph.commit("one", name="apache-logged")
+    three = graph.create_container("apache-logged", name="three")
+    assert three.mount is not None
+    assert (three.mount / "srv" / "log").read_text() == "only in one\n"
+
+    # An opaque directory hides what was below it and keeps what the layer adds.
+    opaque = graph.import_layer(
+        tarball({"etc/.wh..wh..opq": b"", "etc/fresh": b"new\n"}), parent="apache-logged"
+    )
+    four = graph.create_container(opaque.id)
+    assert four.mount is not None
+    assert sorted(p.name for p in (four.mount / "etc").iterdir()) == ["fresh"]
+    assert committed.parent == app.id
+
+    depths = {layer.name: depth for depth, layer in graph.tree()}
+    assert depths["base"] == 0 and depths["fedora"] == 1 and depths["apache"] == 2
+
+
+def test_hostile_tarball_leaves_nothing(graph: Graph) -> None:
+    before = graph.layers()
+    usage = graph.usage()
+    with pytest.raises(UnsafeTarball, match=r"\.\./escape"):
+        graph.import_layer(tarball({"../escape": b"x"}))
+    assert graph.layers() == before
+    assert graph.usage().transaction_id == usage.transaction_id
+    assert graph.store.interrupted() is None
+
+
+def test_remove_refuses_children_and_returns_space(graph: Graph) -> None:
+    image = graph.import_layer(tarball({"big": os.urandom(16 * MiB)}), name="big")
+    container = graph.create_container("big", name="c")
+    with pytest.raises(HasChildren):
+        graph.remove("big")
+    assert container.mount is not None
+    used_before = graph.usage().data_used
+    (container.mount / "more").write_bytes(os.urandom(16 * MiB))
+    os.sync()
+    assert graph.usage().data_used > used_before
+
+    with open(container.mount / "more", "rb"), pytest.raises(Busy, match="busy"):
+        graph.remove("c")
+    removed = graph.remove("big", recursive=True)
+    assert [layer.id for layer in removed] == [container.id, image.id]
+    assert graph.usage().data_used < used_before
+    assert {layer.kind for layer in graph.layers()} == {LayerKind.BASE}
+
+
+def test_teardown_and_reopen_keep_everything(graph: Graph, dm: DeviceMapper) -> None:
+    graph.import_layer(tarball({"kept": b"kept\n"}), name="img")
+    container = graph.create_container("img", name="c")
+    assert container.mount is not None
+    (container.mount / "written").write_text("written\n")
+    graph.umount("c")
+    graph.pool.teardown()
+    graph.close()
+
+    again = Graph.open(graph.root, dm)
+    assert [layer.name for layer in again.layers()] == ["base", "img", "c"]
+    mounted = again.mount("c")
+    assert mounted.mount is not None
+    assert listing(mounted.mount) == {"kept": "kept\n", "written": "written\n"}
+    graph.store = again.store
+
+
+def test_grown_layer(graph: Graph) -> None:
+    image = graph.import_layer(tarball({"a": b"a"}), size_bytes=2 * BASE)
+    container = graph.create_container(image.id)
+    assert container.mount is not None
+    total = os.statvfs(container.mount)
+    assert total.f_blocks * total.f_frsize > BASE * 1.5
+
+
+STEPS = {
+    "import": ["create_snap", "apply", "commit", "committed"],
+    "create": ["create_snap", "mount", "commit", "committed"],
+    "remove": ["remove", "commit", "committed"],
+}
+
+
+@pytest.mark.parametrize(
+    ("operation", "step"), [(op, step) for op, steps in STEPS.items() for step in steps]
+)
+def test_crash_at_each_step_is_reconciled(
+    graph: Graph, dm: DeviceMapper, operation: str, step: str
+) -> None:
+    graph.import_layer(tarball({"f": b"f"}), name="img")
+    if operation == "remove":
+        graph.create_container("img", name="victim")
+    script = {
+        "import": "g.import_layer(tarball({'g': b'g'}), parent='img', name='new')",
+        "create": "g.create_container('img', name='new')",
+        "remove": "g.remove('victim')",
+    }[operation]
+    code = (
+        "import sys; from pathlib import Path; from dmioctl import DeviceMapper;"
+        "from layering.graph import Graph; from tests.kernel.test_graph import tarball;"
+        f"g = Graph.open(Path({str(graph.root)!r}), DeviceMapper()); {script}"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=dict(os.environ, DMSNAP_CRASH_AT=step),
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 70, result.stderr
+
+    graph.close()
+    again = Graph.open(graph.root, dm)
+    graph.store = again.store
+    assert again.store.interrupted() is None
+    names = {layer.name for layer in again.layers()}
+    assert all(layer.state is LayerState.READY for layer in again.layers())
+    committed = step == "committed"
+    if operation == "remove":
+        assert ("victim" in names) is not committed
+    else:
+        assert ("new" in names) is committed
+    record = again.store.pool()
+    assert record is not None
+    assert again.usage().transaction_id == record.transaction_id
+    # Every recorded layer's thin device exists in the pool: activating works.
+    for layer in again.layers():
+        again.pool.activate_thin(layer.thin_id, layer.size_bytes)
