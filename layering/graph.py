@@ -23,12 +23,16 @@ import contextlib
 import logging
 import os
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
+from xml.etree import ElementTree
 
 from dmioctl import DeviceMapper, NoSuchDevice
+from dmioctl.targets import thin_pool
 from dmioctl.targets.thin_pool import NoSuchThinId
 from layering import fs, layers
 from layering.errors import InvalidInput, LayeringError
@@ -52,6 +56,16 @@ DEFAULT_BASE_BYTES = 10 * GiB
 #: New layers are refused below this fraction of free pool space (as Docker did).
 DEFAULT_MIN_FREE = 0.10
 CRASH_ENV = "DMSNAP_CRASH_AT"
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One mismatch fsck found: what kind, about what, the details, and whether it was mended."""
+
+    kind: str
+    subject: str
+    detail: str
+    repaired: bool
 
 
 class NotInitialised(LayeringError):
@@ -265,6 +279,103 @@ class Graph:
             for victim in doomed:
                 self._remove_one(victim)
             return doomed
+
+    def fsck(self, *, repair: bool = False) -> list[Finding]:
+        """Compare the store with the pool and the kernel; report, and with ``repair`` mend.
+
+        Checks: the pool's transaction id against the store's; the pool's thin ids
+        (read from a metadata snapshot with thin_dump, when installed) against the
+        layers' thin ids; active devices of this root against the layers; and
+        containers recorded as mounted against the mounts.
+        """
+        findings: list[Finding] = []
+        with self.store.exclusive():
+            record = self.store.pool()
+            assert record is not None
+            layers = self.store.layers()
+            by_thin = {layer.thin_id: layer for layer in layers}
+
+            actual = self.pool.usage().transaction_id
+            if actual != record.transaction_id:
+                if repair:
+                    self.pool.set_transaction_id(actual, record.transaction_id)
+                findings.append(
+                    Finding(
+                        "transaction-id",
+                        self.pool.name,
+                        f"pool has {actual}, store has {record.transaction_id}",
+                        repair,
+                    )
+                )
+
+            thin_ids = self._pool_thin_ids()
+            if thin_ids is None:
+                findings.append(
+                    Finding("skipped", "thin ids", "thin_dump is not installed", False)
+                )
+            else:
+                for orphan in sorted(thin_ids - by_thin.keys()):
+                    if repair:
+                        self.pool.deactivate_thin(orphan)
+                        self.pool.delete_thin(orphan)
+                    findings.append(
+                        Finding("orphan-thin", str(orphan), "in the pool, in no layer", repair)
+                    )
+                for missing in sorted(by_thin.keys() - thin_ids):
+                    layer = by_thin[missing]
+                    fixable = repair and not self.store.children(layer.id)
+                    if fixable:
+                        self._release(layer)
+                        if layer.mount is not None:
+                            self.store.set_mount(layer.id, None)
+                        self.store.remove_layer(layer.id)
+                    findings.append(
+                        Finding(
+                            "missing-thin",
+                            _label(layer),
+                            f"thin id {missing} is not in the pool",
+                            fixable,
+                        )
+                    )
+
+            for device in self.pool.dm.list_devices():
+                if not device.name.startswith(self.pool.prefix) or device.name == self.pool.name:
+                    continue
+                suffix = device.name.removeprefix(self.pool.prefix)
+                if suffix.isdigit() and int(suffix) in by_thin:
+                    continue
+                if repair:
+                    self.pool.dm.remove(device.name, retries=5)
+                findings.append(
+                    Finding("stray-device", device.name, "active, belongs to no layer", repair)
+                )
+
+            for layer in layers:
+                if layer.mount is not None and not os.path.ismount(layer.mount):
+                    if repair:
+                        node = self.pool.activate_thin(layer.thin_id, layer.size_bytes)
+                        fs.mount(node, layer.mount)
+                    findings.append(
+                        Finding("not-mounted", _label(layer), f"not on {layer.mount}", repair)
+                    )
+        return findings
+
+    def _pool_thin_ids(self) -> set[int] | None:
+        """The thin ids the pool holds, from a metadata snapshot; None without thin_dump."""
+        if shutil.which("thin_dump") is None:
+            return None
+        metadata, _data = self.pool.backing()
+        thin_pool.reserve_metadata_snap(self.pool.dm, self.pool.name)
+        try:
+            dump = subprocess.run(
+                ["thin_dump", "--metadata-snap", metadata],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+        finally:
+            thin_pool.release_metadata_snap(self.pool.dm, self.pool.name)
+        return {int(device.get("dev_id", "")) for device in ElementTree.fromstring(dump)}
 
     # Queries
 

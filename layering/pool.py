@@ -130,7 +130,7 @@ class Pool:
     def metadata_file(self) -> Path:
         return self.root / "pool" / "metadata"
 
-    def _backing(self) -> tuple[str, str]:
+    def backing(self) -> tuple[str, str]:
         """The metadata and data block devices, attaching the files when needed."""
         if self.config.metadata_device and self.config.data_device:
             return self.config.metadata_device, self.config.data_device
@@ -181,7 +181,7 @@ class Pool:
 
         An active device of our name is adopted only when its table uses our devices.
         """
-        metadata, data = self._backing()
+        metadata, data = self.backing()
         builder = self._builder(metadata, data)
         if self.exists():
             table = self.dm.table(self.name)
@@ -297,7 +297,7 @@ class Pool:
                 f.truncate(size)
             for info in loop.find(path):
                 loop.refresh_capacity(info.path)
-        _metadata, data = self._backing()
+        _metadata, data = self.backing()
         thin_pool.grow(self.dm, self.name, self._length(data))
 
     # Thin devices

@@ -219,3 +219,44 @@ def test_crash_at_each_step_is_reconciled(
     # Every recorded layer's thin device exists in the pool: activating works.
     for layer in again.layers():
         again.pool.activate_thin(layer.thin_id, layer.size_bytes)
+
+
+def test_fsck_reports_and_repairs(graph: Graph, dm: DeviceMapper) -> None:
+    graph.import_layer(tarball({"a": b"a"}), name="img")
+    container = graph.create_container("img", name="c")
+    assert graph.fsck() == []
+
+    # An orphan thin id, a stray device, an unmounted container, a moved transaction id.
+    graph.pool.create_thin(4000)
+    stray = graph.pool.prefix + "999"
+    dm.create(stray)
+    assert container.mount is not None
+    subprocess.run(["umount", str(container.mount)], check=True)
+    graph.pool.set_transaction_id(graph.usage().transaction_id, 77)
+
+    kinds = sorted(finding.kind for finding in graph.fsck())
+    assert kinds == ["not-mounted", "orphan-thin", "stray-device", "transaction-id"]
+    repaired = graph.fsck(repair=True)
+    assert all(finding.repaired for finding in repaired)
+    assert graph.fsck() == []
+    assert os.path.ismount(container.mount)
+
+
+def test_eight_concurrent_container_creations(graph: Graph) -> None:
+    graph.import_layer(tarball({"a": b"a"}), name="img")
+    code = (
+        "import sys; from pathlib import Path; from dmioctl import DeviceMapper;"
+        "from layering.graph import Graph;"
+        f"g = Graph.open(Path({str(graph.root)!r}), DeviceMapper());"
+        "g.create_container('img', name='c' + sys.argv[1])"
+    )
+    workers = [
+        subprocess.Popen([sys.executable, "-c", code, str(i)], cwd=ROOT, stderr=subprocess.PIPE)
+        for i in range(8)
+    ]
+    errors = [worker.communicate()[1] for worker in workers]
+    assert [worker.returncode for worker in workers] == [0] * 8, errors
+    containers = graph.layers(LayerKind.CONTAINER)
+    assert sorted(layer.name or "" for layer in containers) == [f"c{i}" for i in range(8)]
+    assert len({layer.thin_id for layer in containers}) == 8
+    assert all(layer.mount is not None and os.path.ismount(layer.mount) for layer in containers)
