@@ -31,6 +31,8 @@ from construct import (
 )
 from construct.core import Padded, Renamed, StringEncoded
 
+from dmioctl.uapi import flag_words
+
 DM_DIR = "mapper"
 DM_CONTROL_NODE = "control"
 DM_MAX_TYPE_NAME = 16
@@ -196,12 +198,7 @@ class DMFlag(enum.IntFlag):
 
     def words(self) -> str:
         """The set flags as ``READONLY|SUSPEND`` for log lines; ``-`` when none is set."""
-        names = [
-            flag.name.removeprefix("DM_").removesuffix("_FLAG")
-            for flag in DMFlag
-            if flag & self and flag.name is not None
-        ]
-        return "|".join(names) or "-"
+        return flag_words(self, "DM_", "_FLAG")
 
 
 DM_READONLY_FLAG = DMFlag.DM_READONLY_FLAG

@@ -20,6 +20,8 @@ import enum
 
 from construct import Array, Bytes, Default, Int32un, Int64un, Padding, Struct
 
+from dmioctl.uapi import flag_words
+
 LO_NAME_SIZE = 64
 LO_KEY_SIZE = 32
 
@@ -34,12 +36,7 @@ class LoopFlag(enum.IntFlag):
 
     def words(self) -> str:
         """The set flags as ``READ_ONLY|AUTOCLEAR`` for log lines; ``-`` when none is set."""
-        names = [
-            flag.name.removeprefix("LO_FLAGS_")
-            for flag in LoopFlag
-            if flag & self and flag.name is not None
-        ]
-        return "|".join(names) or "-"
+        return flag_words(self, "LO_FLAGS_")
 
 
 LO_FLAGS_READ_ONLY = LoopFlag.LO_FLAGS_READ_ONLY
