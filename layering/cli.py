@@ -26,12 +26,14 @@ stable; fields may be added, never renamed or removed.  A *layer* is::
      "mount": "/var/lib/dmsnap/containers/0123456789ab" | null,
      "state": "ready" | "creating" | "removing"}
 
-``created`` is UTC to the second; ``mount`` is set for a mounted container only.
+``created`` is UTC to the second; ``mount`` is a container's mount point, as the
+store records it (``umount`` keeps it, for ``mount`` to use again), and null for
+images and the base.
 
 ``status``
     ``{"root", "pool", "data": {"used_bytes", "total_bytes", "used_percent"},
     "metadata": {"used_bytes", "total_bytes", "used_percent"}, "transaction_id",
-    "layers": {"base", "images", "containers", "mounted"}}``; ``pool`` is the
+    "layers": {"base", "images", "containers"}}``; ``pool`` is the
     pool's device-mapper name, ``used_percent`` a number rounded to 0.01, the
     layer counts integers.
 ``images``
@@ -344,12 +346,12 @@ class TreeNode:
         return {**layer_json(self.layer), "children": [c.as_json() for c in self.children]}
 
     def describe(self) -> str:
-        """``apache (image, 0a1b2c3d4e5f)``; a container also says where it is mounted."""
+        """``apache (image, 0a1b2c3d4e5f)``; a container also says its mount point."""
         details = [self.layer.kind.value]
         if self.layer.name:
             details.append(self.layer.id)
-        if self.layer.kind is LayerKind.CONTAINER:
-            details.append(str(self.layer.mount) if self.layer.mount else "unmounted")
+        if self.layer.mount is not None:
+            details.append(str(self.layer.mount))
         return f"{_label(self.layer)} ({', '.join(details)})"
 
 
@@ -542,12 +544,10 @@ def status(session: Session, as_json: bool) -> None:
         usage = graph.usage()
         every = graph.layers()
         pool = graph.pool.name
-    containers = [layer for layer in every if layer.kind is LayerKind.CONTAINER]
     counts = {
         "base": sum(layer.kind is LayerKind.BASE for layer in every),
         "images": sum(layer.kind is LayerKind.IMAGE for layer in every),
-        "containers": len(containers),
-        "mounted": sum(layer.mount is not None for layer in containers),
+        "containers": sum(layer.kind is LayerKind.CONTAINER for layer in every),
     }
     if as_json:
         _dump(status_json(session.root, pool, usage, counts))
@@ -560,8 +560,7 @@ def status(session: Session, as_json: bool) -> None:
         ("Transaction id", str(usage.transaction_id)),
         (
             "Layers",
-            f"{counts['base']} base, {counts['images']} images, {counts['containers']} "
-            f"containers ({counts['mounted']} mounted)",
+            f"{counts['base']} base, {counts['images']} images, {counts['containers']} containers",
         ),
     ):
         click.echo(f"{heading + ':':<16}{value}")
@@ -586,7 +585,7 @@ def images(session: Session, as_json: bool) -> None:
 @json_option
 @pass_session
 def containers(session: Session, as_json: bool) -> None:
-    """List the containers, oldest first, with where each is mounted.
+    """List the containers, oldest first, with their mount points.
 
     \b
     Example:

@@ -346,7 +346,7 @@ def test_status(env: cli.SnapEnvironment) -> None:
         "Data:           96 MiB of 1 GiB used (9.4%)\n"
         "Metadata:       1 MiB of 16 MiB used (6.2%)\n"
         "Transaction id: 7\n"
-        "Layers:         1 base, 2 images, 2 containers (1 mounted)\n"
+        "Layers:         1 base, 2 images, 2 containers\n"
     )
 
 
@@ -357,7 +357,7 @@ def test_status_json(env: cli.SnapEnvironment) -> None:
         "data": {"used_bytes": 96 * MiB, "total_bytes": GiB, "used_percent": 9.38},
         "metadata": {"used_bytes": MiB, "total_bytes": 16 * MiB, "used_percent": 6.25},
         "transaction_id": 7,
-        "layers": {"base": 1, "images": 2, "containers": 2, "mounted": 1},
+        "layers": {"base": 1, "images": 2, "containers": 2},
     }
 
 
@@ -427,7 +427,7 @@ def test_tree(env: cli.SnapEnvironment) -> None:
         "base (base, 00000000000b)\n"
         "\u2514\u2500 fedora (image, 0000000000f1)\n"
         "   \u251c\u2500 0000000000a2 (image)\n"
-        "   \u2502  \u2514\u2500 0000000000c4 (container, unmounted)\n"
+        "   \u2502  \u2514\u2500 0000000000c4 (container)\n"
         "   \u2514\u2500 web (container, 0000000000c3, /srv/snaps/containers/0000000000c3)\n"
     )
 
