@@ -85,7 +85,7 @@ from dmioctl.control import DeviceMapper
 from dmioctl.errors import DMError
 from layering import fs, layers
 from layering.errors import InvalidInput
-from layering.graph import DEFAULT_BASE_BYTES, Finding, Graph
+from layering.graph import DEFAULT_BASE_BYTES, SKIPPED, Finding, Graph
 from layering.pool import DEFAULT_ROOT, ROOT_ENV, KiB, PoolConfig, Usage
 from layering.store import Layer, LayerKind
 
@@ -496,8 +496,8 @@ def grow(session: Session, data_size: int | None, metadata_size: int | None) -> 
     """
     if data_size is None and metadata_size is None:
         raise InvalidInput("give --data-size, --metadata-size or both")
-    with session.graph() as graph, graph.store.exclusive():
-        graph.pool.grow(data_bytes=data_size, metadata_bytes=metadata_size)
+    with session.graph() as graph:
+        graph.grow(data_bytes=data_size, metadata_bytes=metadata_size)
 
 
 # Reading
@@ -807,10 +807,6 @@ def rm(session: Session, ref: str, recursive: bool, as_json: bool) -> None:
 
 
 # Checking
-
-
-#: The kind of finding that says a check could not run (a tool is missing): not a mismatch.
-SKIPPED = "skipped"
 
 
 def finding_json(finding: Finding) -> dict[str, object]:

@@ -56,6 +56,8 @@ DEFAULT_BASE_BYTES = 10 * GiB
 #: New layers are refused below this fraction of free pool space (as Docker did).
 DEFAULT_MIN_FREE = 0.10
 CRASH_ENV = "DMSNAP_CRASH_AT"
+#: The kind of finding that says a check could not run (a tool is missing): not a mismatch.
+SKIPPED = "skipped"
 
 
 @dataclass(frozen=True)
@@ -310,9 +312,7 @@ class Graph:
 
             thin_ids = self._pool_thin_ids()
             if thin_ids is None:
-                findings.append(
-                    Finding("skipped", "thin ids", "thin_dump is not installed", False)
-                )
+                findings.append(Finding(SKIPPED, "thin ids", "thin_dump is not installed", False))
             else:
                 for orphan in sorted(thin_ids - by_thin.keys()):
                     if repair:
@@ -350,8 +350,14 @@ class Graph:
                     Finding("stray-device", device.name, "active, belongs to no layer", repair)
                 )
 
+            # A container whose device is active should be mounted; an inactive one is
+            # simply down (after umount or a reboot), which is no mismatch.
             for layer in layers:
-                if layer.mount is not None and not os.path.ismount(layer.mount):
+                if (
+                    layer.mount is not None
+                    and self.pool.is_active(layer.thin_id)
+                    and not os.path.ismount(layer.mount)
+                ):
                     if repair:
                         node = self.pool.activate_thin(layer.thin_id, layer.size_bytes)
                         fs.mount(node, layer.mount)
@@ -376,6 +382,12 @@ class Graph:
         finally:
             thin_pool.release_metadata_snap(self.pool.dm, self.pool.name)
         return {int(device.get("dev_id", "")) for device in ElementTree.fromstring(dump)}
+
+    def grow(self, *, data_bytes: int | None = None, metadata_bytes: int | None = None) -> Usage:
+        """Grow the pool's data and/or metadata files and the pool, online."""
+        with self.store.exclusive():
+            self.pool.grow(data_bytes=data_bytes, metadata_bytes=metadata_bytes)
+            return self.pool.usage()
 
     # Queries
 

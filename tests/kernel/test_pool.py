@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from dmioctl import DeviceMapper
+from dmioctl import DeviceMapper, loop
 from dmioctl.targets.thin_pool import ThinIdInUse
 from layering import fs
 from layering.errors import InvalidInput
 from layering.pool import MiB, OutOfSpace, Pool, PoolConfig, PoolError
+from tests.kernel.support import sparse_file
 
 pytestmark = pytest.mark.kernel
 
@@ -133,3 +134,32 @@ def test_grow_online(pool: Pool) -> None:
 def test_create_refuses_an_existing_root(pool: Pool, dm: DeviceMapper) -> None:
     with pytest.raises(PoolError, match="active already"):
         Pool(pool.root, dm, SMALL).create()
+
+
+def test_pool_on_given_block_devices(dm: DeviceMapper, tmp_path: Path) -> None:
+    meta = loop.attach(sparse_file(tmp_path / "meta.img", 16 * MiB))
+    data = loop.attach(sparse_file(tmp_path / "data.img", 256 * MiB))
+    try:
+        config = PoolConfig(
+            data_bytes=256 * MiB,
+            metadata_bytes=16 * MiB,
+            data_device=data.path,
+            metadata_device=meta.path,
+        )
+        pool = Pool(tmp_path / "root", dm, config)
+        pool.create()
+        assert pool.usage().data_total == 256 * MiB
+        assert not pool.data_file.exists()
+        pool.create_thin(0)
+        pool.teardown()
+        pool.activate()
+        with pytest.raises(ThinIdInUse):
+            pool.create_thin(0)
+        pool.teardown()
+
+        # The metadata device now holds a pool: a new one there is refused.
+        with pytest.raises(PoolError, match="not blank"):
+            Pool(tmp_path / "other", dm, config).create()
+    finally:
+        loop.detach(data)
+        loop.detach(meta)
