@@ -260,3 +260,18 @@ def test_eight_concurrent_container_creations(graph: Graph) -> None:
     assert sorted(layer.name or "" for layer in containers) == [f"c{i}" for i in range(8)]
     assert len({layer.thin_id for layer in containers}) == 8
     assert all(layer.mount is not None and os.path.ismount(layer.mount) for layer in containers)
+
+
+def test_xfs_base_and_a_grown_container(dm: DeviceMapper, tmp_path: Path) -> None:
+    require(shutil.which("mkfs.xfs") is not None, "xfsprogs not installed")
+    graph = Graph.init(tmp_path / "xfs", dm, CONFIG, base_bytes=320 * MiB, fstype="xfs")
+    try:
+        graph.import_layer(tarball({"etc": None, "etc/os": b"xfs\n"}), name="img")
+        container = graph.create_container("img", size_bytes=640 * MiB)
+        assert container.mount is not None
+        assert (container.mount / "etc" / "os").read_text() == "xfs\n"
+        total = os.statvfs(container.mount)
+        assert total.f_blocks * total.f_frsize > 500 * MiB
+    finally:
+        check_metadata(graph)
+        graph.destroy()
