@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import IO
 from xml.etree import ElementTree
 
-from dmioctl import DeviceMapper, NoSuchDevice
+from dmioctl import DeviceMapper, DMError, NoSuchDevice
 from dmioctl.targets import thin_pool
 from dmioctl.targets.thin_pool import NoSuchThinId
 from layering import fs, layers
@@ -464,6 +464,13 @@ class Graph:
         for layer_id in op.removed:
             layer = self.store.get(layer_id)
             self._release(layer)
+            self._step(op, "discard")
+            try:
+                self.pool.discard_thin(layer.thin_id, layer.size_bytes)
+            except DMError as exc:
+                # Only the host file's holes are lost: the pool frees the blocks anyway.
+                # (After a crash the thin id may be gone already, which fails the same way.)
+                log.warning("%s not discarded before deletion: %s", _label(layer), exc)
             with contextlib.suppress(NoSuchThinId):
                 self.pool.delete_thin(layer.thin_id)
         op.finish()

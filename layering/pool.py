@@ -21,7 +21,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from dmioctl import DeviceMapper, NoSuchDevice, loop
+from dmioctl import DeviceMapper, NoSuchDevice, block, loop
 from dmioctl.nodes import node_path
 from dmioctl.table import SECTOR_SIZE
 from dmioctl.targets import thin_pool
@@ -350,6 +350,18 @@ class Pool:
             self.dm.remove(name)
             raise
         return node_path(name)
+
+    def discard_thin(self, thin_id: int, size_bytes: int) -> None:
+        """Discard all of a thin device, so that its own blocks go back to the data file.
+
+        Blocks it shares with snapshots stay mapped for them; the pool passes the
+        discard of the others down to the data device.  Leaves the device inactive.
+        """
+        device = self.activate_thin(thin_id, size_bytes)
+        try:
+            block.discard(device)
+        finally:
+            self.deactivate_thin(thin_id)
 
     def deactivate_thin(self, thin_id: int, *, deferred: bool = False) -> None:
         with contextlib.suppress(NoSuchDevice):
