@@ -110,30 +110,44 @@ class Environment:
 
 
 class DMGroup(click.Group):
-    """The command group; the one place where library errors become a message and a status."""
+    """The command group; the one place where library errors become a message and a status.
+
+    The message starts with the program's name; ``dmsnap``'s group extends this one.
+    """
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except DMError as exc:
-            click.echo(f"dmioctl: {exc}", err=True)
-            ctx.exit(1)
+            fail(ctx, str(exc), 1)
+
+
+def fail(ctx: click.Context, message: str, status: int) -> None:
+    """End the command with ``<program>: <message>`` on stderr and exit ``status``."""
+    click.echo(f"{ctx.find_root().info_name}: {message}", err=True)
+    ctx.exit(status)
 
 
 class _EchoHandler(logging.Handler):
     """Log records on stderr, looked up at each record (click's test runner swaps it)."""
 
+    def __init__(self, prog: str) -> None:
+        super().__init__()
+        self.prog = prog
+
     def emit(self, record: logging.LogRecord) -> None:
-        click.echo(f"dmioctl: {self.format(record)}", err=True)
+        click.echo(f"{self.prog}: {self.format(record)}", err=True)
 
 
-def _set_verbose(verbose: bool) -> None:
-    logger = logging.getLogger("dmioctl")
-    if not any(isinstance(h, _EchoHandler) for h in logger.handlers):
-        handler = _EchoHandler()
-        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
-        logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG if verbose else logging.WARNING)
+def set_verbose(prog: str, verbose: bool, loggers: Sequence[str] = ("dmioctl",)) -> None:
+    """DEBUG records of ``loggers`` on stderr, prefixed ``<prog>:``, when ``verbose``."""
+    for name in loggers:
+        logger = logging.getLogger(name)
+        if not any(isinstance(h, _EchoHandler) for h in logger.handlers):
+            handler = _EchoHandler(prog)
+            handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+            logger.addHandler(handler)
+        logger.setLevel(logging.DEBUG if verbose else logging.WARNING)
 
 
 # Shared options
@@ -141,7 +155,7 @@ def _set_verbose(verbose: bool) -> None:
 
 def json_option(f: _F) -> _F:
     return click.option(
-        "--json", "as_json", is_flag=True, help="Print JSON (schema: see `dmioctl --help`)."
+        "--json", "as_json", is_flag=True, help="Print JSON (schema: see the program's --help)."
     )(f)
 
 
@@ -235,7 +249,7 @@ def main(ctx: click.Context, verbose: bool) -> None:
     """
     if ctx.obj is None:
         ctx.obj = Environment()
-    _set_verbose(verbose)
+    set_verbose("dmioctl", verbose)
 
 
 pass_env = click.make_pass_decorator(Environment)

@@ -80,9 +80,8 @@ from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from dmioctl.cli import Environment, _dump
+from dmioctl.cli import DMGroup, Environment, _dump, fail, json_option, set_verbose
 from dmioctl.control import DeviceMapper
-from dmioctl.errors import DMError
 from layering import fs, layers
 from layering.errors import InvalidInput
 from layering.graph import DEFAULT_BASE_BYTES, SKIPPED, Finding, Graph
@@ -197,52 +196,22 @@ class Session:
 pass_session = click.make_pass_decorator(Session)
 
 
-class SnapGroup(click.Group):
-    """The command group; the one place where errors become a message and a status."""
+class SnapGroup(DMGroup):
+    """dmioctl's error boundary, which also turns OSError and bad values into one line."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except DMError as exc:
-            _fail(ctx, str(exc), 1)
         except OSError as exc:
             where = f": {exc.filename}" if exc.filename is not None else ""
-            _fail(ctx, f"{exc.strerror or exc}{where}", 1)
+            fail(ctx, f"{exc.strerror or exc}{where}", 1)
         except click.BadParameter as exc:
             if isinstance(exc, click.MissingParameter):
                 raise  # click's message with the usage line says more
-            _fail(ctx, exc.format_message(), exc.exit_code)
-
-
-def _fail(ctx: click.Context, message: str, status: int) -> None:
-    click.echo(f"{PROG}: {message}", err=True)
-    ctx.exit(status)
-
-
-class _EchoHandler(logging.Handler):
-    """Log records on stderr, looked up at each record (click's test runner swaps it)."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        click.echo(f"{PROG}: {self.format(record)}", err=True)
-
-
-def _set_verbose(verbose: bool) -> None:
-    for name in ("dmioctl", "layering"):
-        logger = logging.getLogger(name)
-        if not any(isinstance(h, _EchoHandler) for h in logger.handlers):
-            handler = _EchoHandler()
-            handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
-            logger.addHandler(handler)
-        logger.setLevel(logging.DEBUG if verbose else logging.WARNING)
+            fail(ctx, exc.format_message(), exc.exit_code)
 
 
 # Shared options
-
-
-def json_option(f: _F) -> _F:
-    return click.option(
-        "--json", "as_json", is_flag=True, help="Print JSON (schema: see `dmsnap --help`)."
-    )(f)
 
 
 def size_option(*names: str, help: str, default: int | None = None) -> Callable[[_F], _F]:
@@ -409,7 +378,7 @@ def main(ctx: click.Context, root: Path, verbose: bool) -> None:
     """
     env = ctx.obj if isinstance(ctx.obj, SnapEnvironment) else SnapEnvironment()
     ctx.obj = Session(env, root.absolute())
-    _set_verbose(verbose)
+    set_verbose(PROG, verbose, ("dmioctl", "layering"))
 
 
 # Setting up and taking down
