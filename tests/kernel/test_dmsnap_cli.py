@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import io
 import json
 import re
-import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,27 +15,12 @@ from dmioctl import DeviceMapper
 from layering.cli import main
 from layering.graph import Graph
 from layering.pool import root_tag
+from tests.kernel.support import tar_bytes
 
 pytestmark = pytest.mark.kernel
 
 SMALL = ["--data-size", "1G", "--metadata-size", "16M", "--base-size", "64M"]
 LAYER_ID = re.compile(r"[0-9a-f]{12}")
-
-
-def tar_bytes(files: dict[str, bytes | None]) -> bytes:
-    """A layer tarball: a name maps to content, or None for a directory."""
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w") as tar:
-        for name, content in files.items():
-            info = tarfile.TarInfo(name)
-            if content is None:
-                info.type = tarfile.DIRTYPE
-                info.mode = 0o755
-                tar.addfile(info)
-            else:
-                info.size = len(content)
-                tar.addfile(info, io.BytesIO(content))
-    return out.getvalue()
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from layering.graph import Graph
 from layering.layers import UnsafeTarball
 from layering.pool import MiB, PoolConfig
 from layering.store import Busy, HasChildren, LayerKind, LayerState
-from tests.kernel.support import require
+from tests.kernel.support import require, tar_bytes
 
 pytestmark = pytest.mark.kernel
 
@@ -28,20 +27,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def tarball(files: dict[str, bytes | None]) -> io.BytesIO:
-    """A layer tarball: a name maps to content, or None for a directory."""
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w") as tar:
-        for name, content in files.items():
-            info = tarfile.TarInfo(name)
-            if content is None:
-                info.type = tarfile.DIRTYPE
-                info.mode = 0o755
-                tar.addfile(info)
-            else:
-                info.size = len(content)
-                tar.addfile(info, io.BytesIO(content))
-    out.seek(0)
-    return out
+    """A layer tarball as a file object: a name maps to content, or None for a directory."""
+    return io.BytesIO(tar_bytes(files))
 
 
 @pytest.fixture
