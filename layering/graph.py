@@ -170,7 +170,6 @@ class Graph:
             if base.kind is LayerKind.CONTAINER:
                 raise InvalidInput(f"{parent} is a container; commit it to an image first")
             size = self._size(base, size_bytes)
-            self.pool.check_free(self.min_free)
             layer = Layer(
                 new_layer_id(),
                 LayerKind.IMAGE,
@@ -179,7 +178,7 @@ class Graph:
                 size,
                 name=name,
             )
-            with self._operation("import", {"parent": base.id}, add=[layer]) as op:
+            with self._operation("import", {"parent": base.id}, add=[layer], gate=True) as op:
                 self._step(op, "create_snap")
                 self.pool.create_snap(layer.thin_id, base.thin_id)
                 with self._mounted(layer, grow_from=base.size_bytes) as where:
@@ -201,7 +200,6 @@ class Graph:
             if parent.kind is LayerKind.CONTAINER:
                 raise InvalidInput(f"{image} is a container; commit it to an image first")
             size = self._size(parent, size_bytes)
-            self.pool.check_free(self.min_free)
             layer_id = new_layer_id()
             where = (mount or self.root / "containers" / layer_id).absolute()
             layer = Layer(
@@ -213,7 +211,7 @@ class Graph:
                 name=name,
                 mount=where,
             )
-            with self._operation("create", {"image": parent.id}, add=[layer]) as op:
+            with self._operation("create", {"image": parent.id}, add=[layer], gate=True) as op:
                 self._step(op, "create_snap")
                 self.pool.create_snap(layer.thin_id, parent.thin_id)
                 self._step(op, "mount")
@@ -230,7 +228,6 @@ class Graph:
             if source.kind is not LayerKind.CONTAINER:
                 raise InvalidInput(f"{container} is not a container")
             assert source.parent is not None
-            self.pool.check_free(self.min_free)
             layer = Layer(
                 new_layer_id(),
                 LayerKind.IMAGE,
@@ -239,7 +236,7 @@ class Graph:
                 source.size_bytes,
                 name=name,
             )
-            with self._operation("commit", {"container": source.id}, add=[layer]) as op:
+            with self._operation("commit", {"container": source.id}, add=[layer], gate=True) as op:
                 if source.mount is not None:
                     os.sync()
                 self._step(op, "create_snap")
@@ -437,11 +434,18 @@ class Graph:
         *,
         add: Sequence[Layer] = (),
         remove: Sequence[str] = (),
+        gate: bool = False,
     ) -> Iterator[Operation]:
-        """Journal an operation; commit it by the pool's transaction id, or undo it on error."""
+        """Journal an operation; commit it by the pool's transaction id, or undo it on error.
+
+        With ``gate`` (operations that add a layer), refuse with OutOfSpace first when
+        the pool is below the free-space minimum.
+        """
         record = self.store.pool()
         assert record is not None
-        kernel = self.pool.usage().transaction_id
+        # One status read serves the free-space gate (for new layers) and the check.
+        usage = self.pool.check_free(self.min_free) if gate else self.pool.usage()
+        kernel = usage.transaction_id
         if kernel != record.transaction_id:
             raise LayeringError(
                 f"pool transaction id {kernel} differs from the store's "
