@@ -15,8 +15,8 @@ every sample starts from the same state.  Three comparisons:
 - **create**: a create against an overlayfs mount of the same image content
   (lowerdir: the image's tarball applied to a plain directory of the scratch file
   system; fresh upper, work and mount directories per mount, made inside the timed
-  region as a create makes its mount directory; ``mount -t overlay`` as a process,
-  as the graph mounts with ``mount``).  Teardown: unmount, delete the directories.
+  region as a create makes its mount directory; mounted by mount(2) from this
+  process, as the graph mounts).  Teardown: unmount, delete the directories.
 - **depth**: a create from an image on a chain of 50 image layers (each a tarball of
   one small file) against one from the first layer of that chain.
 - **active**: a create while 500 other containers are active and mounted against
@@ -237,7 +237,7 @@ class OverlaySide:
 
     def __call__(self) -> Undo:
         where, options = self._fresh()
-        _run(["mount", "-t", "overlay", "overlay", "-o", options, str(where / "merged")])
+        mount_syscall("overlay", where / "merged", "overlay", options)
         self.mounted.add(where)
         return functools.partial(self.remove, where)
 
@@ -261,7 +261,7 @@ class OverlaySide:
         return elapsed
 
     def remove(self, where: Path) -> None:
-        _run(["umount", str(where / "merged")])
+        umount_syscall(where / "merged")
         self.mounted.discard(where)
         shutil.rmtree(where)
 
@@ -406,7 +406,7 @@ def active_comparison(
 #: one above them; the three without indent below "create_container" do not overlap.
 PROFILE_PARTS: Sequence[tuple[str, str, str]] = (
     ("create_container", "layering/graph.py", "create_container"),
-    ("  mount(8) process", "layering/fs.py", "mount"),
+    ("  mount(2) of the container", "layering/fs.py", "mount"),
     ("  activate_thin (info, create, load, resume)", "layering/pool.py", "activate_thin"),
     ("  create_snap message", "dmioctl/targets/thin_pool.py", "create_snap"),
     ("  set_transaction_id message", "dmioctl/targets/thin_pool.py", "set_transaction_id"),
