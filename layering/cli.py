@@ -53,6 +53,9 @@ images and the base.
     the layer made or mounted.
 ``rm``
     ``[layer, ...]``: the layers removed, children before their parents.
+``du``
+    ``[{"id", "name", "mapped_bytes", "exclusive_bytes"}, ...]``: per layer, the
+    pool space its thin device maps, and the part no other layer shares.
 
 Example::
 
@@ -83,7 +86,7 @@ import click
 from dmioctl.cli import DMGroup, Environment, _dump, fail, json_option, set_verbose
 from dmioctl.control import DeviceMapper
 from layering import fs, layers
-from layering.errors import InvalidInput
+from layering.errors import InvalidInput, LayeringError
 from layering.graph import DEFAULT_BASE_BYTES, SKIPPED, Finding, Graph
 from layering.pool import DEFAULT_ROOT, ROOT_ENV, KiB, PoolConfig, Usage
 from layering.store import Layer, LayerKind
@@ -729,6 +732,63 @@ def umount(session: Session, container: str) -> None:
     """
     with session.graph() as graph:
         graph.umount(container)
+
+
+@main.command()
+@pass_session
+def down(session: Session) -> None:
+    """Unmount every container and stop the pool and its devices; nothing is deleted.
+
+    The next dmsnap command brings the pool back; 'dmsnap mount' each container.
+
+    \b
+    Example:
+        dmsnap down
+    """
+    with session.graph() as graph:
+        graph.deactivate()
+
+
+@main.command()
+@json_option
+@pass_session
+def du(session: Session, as_json: bool) -> None:
+    """Pool space of each layer: what it maps, and what no other layer shares.
+
+    Needs thin_ls (thin-provisioning-tools).
+
+    \b
+    Example:
+        dmsnap du --json | jq '.[] | select(.exclusive_bytes > 0)'
+    """
+    with session.graph() as graph:
+        space = graph.space()
+    if space is None:
+        raise LayeringError("dmsnap du needs thin_ls from thin-provisioning-tools")
+    if as_json:
+        _dump(
+            [
+                {
+                    "id": entry.layer.id,
+                    "name": entry.layer.name,
+                    "mapped_bytes": entry.mapped_bytes,
+                    "exclusive_bytes": entry.exclusive_bytes,
+                }
+                for entry in space
+            ]
+        )
+        return
+    rows = [
+        (
+            entry.layer.id,
+            entry.layer.name or "-",
+            format_size(entry.mapped_bytes),
+            format_size(entry.exclusive_bytes),
+        )
+        for entry in space
+    ]
+    for line in format_table(("ID", "NAME", "MAPPED", "EXCLUSIVE"), rows):
+        click.echo(line)
 
 
 @main.command()

@@ -70,6 +70,15 @@ class Finding:
     repaired: bool
 
 
+@dataclass(frozen=True)
+class LayerSpace:
+    """Pool space one layer's thin device maps, and the part of it no other layer shares."""
+
+    layer: Layer
+    mapped_bytes: int
+    exclusive_bytes: int
+
+
 class NotInitialised(LayeringError):
     """The root holds no store: ``dmsnap init`` makes one."""
 
@@ -365,20 +374,57 @@ class Graph:
 
     def _pool_thin_ids(self) -> set[int] | None:
         """The thin ids the pool holds, from a metadata snapshot; None without thin_dump."""
-        if shutil.which("thin_dump") is None:
+        dump = self._read_metadata(["thin_dump", "--metadata-snap"])
+        if dump is None:
+            return None
+        return {int(device.get("dev_id", "")) for device in ElementTree.fromstring(dump)}
+
+    def _read_metadata(self, argv: list[str]) -> str | None:
+        """Run a thin-provisioning-tools reader on a snapshot of the live pool's metadata.
+
+        Returns its output, or None when the tool is not installed.
+        """
+        if shutil.which(argv[0]) is None:
             return None
         metadata, _data = self.pool.backing()
         thin_pool.reserve_metadata_snap(self.pool.dm, self.pool.name)
         try:
-            dump = subprocess.run(
-                ["thin_dump", "--metadata-snap", metadata],
-                capture_output=True,
-                text=True,
-                check=True,
+            return subprocess.run(
+                [*argv, metadata], capture_output=True, text=True, check=True
             ).stdout
         finally:
             thin_pool.release_metadata_snap(self.pool.dm, self.pool.name)
-        return {int(device.get("dev_id", "")) for device in ElementTree.fromstring(dump)}
+
+    def space(self) -> list[LayerSpace] | None:
+        """Pool space each layer maps, and how much of it no other layer shares.
+
+        Read with thin_ls from a metadata snapshot; None when it is not installed.
+        """
+        listing = self._read_metadata(
+            ["thin_ls", "--no-headers", "-o", "DEV,MAPPED_BYTES,EXCLUSIVE_BYTES", "-m"]
+        )
+        if listing is None:
+            return None
+        by_thin: dict[int, tuple[int, int]] = {}
+        for line in listing.splitlines():
+            fields = line.split()
+            if len(fields) != 3 or not all(field.isdigit() for field in fields):
+                raise LayeringError(f"thin_ls printed {line!r}, not 'DEV MAPPED EXCLUSIVE'")
+            by_thin[int(fields[0])] = (int(fields[1]), int(fields[2]))
+        return [
+            LayerSpace(layer, *by_thin.get(layer.thin_id, (0, 0))) for layer in self.store.layers()
+        ]
+
+    def deactivate(self) -> None:
+        """Unmount the containers and stop the pool and its devices; everything stays.
+
+        ``Graph.open`` brings the pool back, and ``mount`` each container.
+        """
+        with self.store.exclusive():
+            for layer in self.store.layers(LayerKind.CONTAINER):
+                if layer.mount is not None and os.path.ismount(layer.mount):
+                    fs.umount(layer.mount)
+            self.pool.teardown()
 
     def grow(self, *, data_bytes: int | None = None, metadata_bytes: int | None = None) -> Usage:
         """Grow the pool's data and/or metadata files and the pool, online."""

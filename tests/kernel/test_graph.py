@@ -265,3 +265,25 @@ def test_xfs_base_and_a_grown_container(dm: DeviceMapper, tmp_path: Path) -> Non
     finally:
         check_metadata(graph)
         graph.destroy()
+
+
+def test_space_per_layer_and_deactivate(graph: Graph, dm: DeviceMapper) -> None:
+    image = graph.import_layer(tarball({"data": os.urandom(8 * MiB)}), name="img")
+    container = graph.create_container("img", name="c")
+    assert container.mount is not None
+    (container.mount / "own").write_bytes(os.urandom(4 * MiB))
+    os.sync()
+    space = graph.space()
+    assert space is not None
+    by_id = {entry.layer.id: entry for entry in space}
+    assert by_id[image.id].mapped_bytes >= 8 * MiB
+    assert by_id[container.id].exclusive_bytes >= 4 * MiB
+    assert by_id[container.id].mapped_bytes > by_id[container.id].exclusive_bytes
+
+    graph.deactivate()
+    assert not graph.pool.exists()
+    assert not os.path.ismount(container.mount)
+    graph.close()
+    again = Graph.open(graph.root, dm)
+    graph.store = again.store
+    assert (again.mount("c").mount or Path("/")).joinpath("own").stat().st_size == 4 * MiB

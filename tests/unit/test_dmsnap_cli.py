@@ -655,6 +655,8 @@ def test_the_commands() -> None:
         "containers",
         "create",
         "destroy",
+        "down",
+        "du",
         "fsck",
         "grow",
         "images",
