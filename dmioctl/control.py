@@ -211,7 +211,7 @@ class DeviceMapper:
         With ``deferred``, open devices are removed when last closed.  Meant for
         tests and debugging.
         """
-        flags = DMFlag.DM_DEFERRED_REMOVE if deferred else DMFlag(0)
+        flags = DMFlag.DM_DEFERRED_REMOVE if deferred else NO_FLAGS
         before = self.list_devices() if self.manage_nodes else []
         issue(self.fd, DMCommand.DM_REMOVE_ALL_CMD, flags=flags)
         if before:
@@ -242,7 +242,7 @@ class DeviceMapper:
         validate_name(name)
         if uuid:
             validate_uuid(uuid)
-        flags = DMFlag.DM_READONLY_FLAG if read_only else DMFlag(0)
+        flags = DMFlag.DM_READONLY_FLAG if read_only else NO_FLAGS
         info = _info(
             issue(self.fd, DMCommand.DM_DEV_CREATE_CMD, name=name, uuid=uuid, flags=flags)
         )
@@ -271,7 +271,7 @@ class DeviceMapper:
             UdevTimeout: the device is gone but udev did not finish in time.
         """
         self._check_ref(name, uuid)
-        flags = DMFlag.DM_DEFERRED_REMOVE if deferred else DMFlag(0)
+        flags = DMFlag.DM_DEFERRED_REMOVE if deferred else NO_FLAGS
         attempts = retries + 1
         for attempt in range(1, attempts + 1):
             try:
@@ -429,7 +429,7 @@ class DeviceMapper:
         if not targets:
             raise InvalidArgument("a table needs at least one target")
         validate(targets)
-        flags = DMFlag.DM_READONLY_FLAG if read_only else DMFlag(0)
+        flags = DMFlag.DM_READONLY_FLAG if read_only else NO_FLAGS
         reply = issue(
             self.fd,
             DMCommand.DM_TABLE_LOAD_CMD,
@@ -467,15 +467,16 @@ class DeviceMapper:
         (DM_NOFLUSH_FLAG) lets thin targets skip committing metadata first.
         """
         return self._table_status(
-            name, uuid, DMFlag.DM_NOFLUSH_FLAG if noflush else DMFlag(0), inactive
+            name, uuid, DMFlag.DM_NOFLUSH_FLAG if noflush else NO_FLAGS, inactive
         )
 
     def _table_status(self, name: str, uuid: str, flags: DMFlag, inactive: bool) -> list[Target]:
         self._check_ref(name, uuid)
         if inactive:
             flags |= DMFlag.DM_QUERY_INACTIVE_TABLE_FLAG
-        reply = issue(self.fd, DMCommand.DM_TABLE_STATUS_CMD, name=name, uuid=uuid, flags=flags)
-        return _parse_targets(reply)
+        return _parse_targets(
+            issue(self.fd, DMCommand.DM_TABLE_STATUS_CMD, name=name, uuid=uuid, flags=flags)
+        )
 
     def list_versions(self) -> list[TargetVersion]:
         """DM_LIST_VERSIONS: every target type the kernel has loaded, with versions."""
@@ -599,13 +600,13 @@ def _parse_targets(reply: Reply) -> list[Target]:
     """Targets of a DM_TABLE_STATUS reply; each ``next`` counts from the first spec."""
     targets: list[Target] = []
     buffer = reply.buffer
-    offset = reply.data_start
+    offset = first = reply.data_start
     for _ in range(reply.target_count):
         start, length, _status, next_offset, target_type = _SPEC.unpack_from(buffer, offset)
         params_at = offset + _SPEC_SIZE
         params = buffer[params_at : buffer.index(0, params_at)].decode()
         targets.append(Target(start, length, cstring(target_type), params))
-        offset = reply.data_start + next_offset
+        offset = first + next_offset
     return targets
 
 

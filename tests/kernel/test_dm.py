@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import stat
 import threading
@@ -19,9 +20,11 @@ from dmioctl import (
     IoctlError,
     NoSuchDevice,
     Target,
+    ioctl,
     loop,
 )
 from dmioctl.nodes import node_path
+from dmioctl.uapi.dm import DMCommand
 from tests.kernel.support import require, sparse_file
 
 pytestmark = pytest.mark.kernel
@@ -126,12 +129,25 @@ def test_list_devices(dm: DeviceMapper, prefix: str) -> None:
     assert listed[prefix + "a"].event_nr == info_a.event_nr
 
 
-def test_list_devices_regrows_buffer(dm: DeviceMapper, prefix: str) -> None:
-    # 150 records of ~260 bytes each do not fit in the 16 KiB first buffer.
+def test_list_devices_regrows_buffer(
+    dm: DeviceMapper,
+    prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # 150 records of ~260 bytes each fill about 39 KiB: the 1 KiB first buffer
+    # doubles six times, and the next listing starts at the size that held it.
+    monkeypatch.setattr(ioctl, "_fitted_size", {})
     names = [f"{prefix}{i:03d}-".ljust(120, "x") for i in range(150)]
     for i, name in enumerate(names):
         dm.create(name, uuid=f"{prefix}uuid-{i:03d}-".ljust(120, "u"))
-    listed = {d.name: d.uuid for d in dm.list_devices()}
+    with caplog.at_level(logging.DEBUG, logger="dmioctl.ioctl"):
+        listed = {d.name: d.uuid for d in dm.list_devices()}
+        assert caplog.text.count("did not fit") == 6
+        caplog.clear()
+        assert {d.name for d in dm.list_devices()} == set(listed)
+        assert "did not fit" not in caplog.text
+    assert ioctl._fitted_size[DMCommand.DM_LIST_DEVICES_CMD] == 64 * 1024
     for i, name in enumerate(names):
         assert listed[name] == f"{prefix}uuid-{i:03d}-".ljust(120, "u")
 

@@ -21,12 +21,11 @@ from dmioctl.control import (
     validate_uuid,
 )
 from dmioctl.ioctl import DATA_START, Reply
-from dmioctl.uapi.dm import DMFlag
 
 
 def reply(payload: bytes, *, count: int = 0) -> Reply:
     buffer = bytes(DATA_START) + payload
-    return Reply((4, 0, 0), len(buffer), DATA_START, count, 0, DMFlag(0), 0, 0, "", "", buffer)
+    return Reply.build(buffer, data_start=DATA_START, target_count=count)
 
 
 def name_record(dev: int, name: str, uuid: str | None, *, last: bool = False) -> bytes:

@@ -20,18 +20,11 @@ GOLDEN = json.loads((Path(__file__).parent / "golden" / "replies.json").read_tex
 def recorded(key: str) -> Reply:
     entry: dict[str, Any] = GOLDEN[key]
     buffer = base64.b64decode(entry["buffer"])
-    return Reply(
-        (4, 0, 0),
-        len(buffer),
-        entry["data_start"],
-        entry["target_count"],
-        0,
-        DMFlag(entry["flags"]),
-        0,
-        0,
-        "",
-        "",
+    return Reply.build(
         buffer,
+        data_start=entry["data_start"],
+        target_count=entry["target_count"],
+        flags=DMFlag(entry["flags"]),
     )
 
 

@@ -131,18 +131,14 @@ class FakeIoctl:
                 threading.Timer(0.05, udev.complete, (event_nr,)).start()
         name = str(kw.get("name", ""))
         buffer = bytes(DATA_START)
-        return Reply(
-            (4, 48, 0),
-            DATA_START,
-            DATA_START,
-            1,
-            0,
-            flags,
-            0,
-            os.makedev(254, 3),
-            name,
-            "",
+        return Reply.build(
             buffer,
+            data_start=DATA_START,
+            target_count=1,
+            flags=flags,
+            dev=os.makedev(254, 3),
+            name=name,
+            version=(4, 48, 0),
         )
 
 
