@@ -29,6 +29,7 @@ import select
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from construct import CString
 
@@ -275,18 +276,16 @@ class DeviceMapper:
         attempts = retries + 1
         for attempt in range(1, attempts + 1):
             try:
-                reply, synced = self._issue_with_cookie(
-                    DMCommand.DM_DEV_REMOVE_CMD, name, uuid, flags
-                )
+                issued = self._issue_with_cookie(DMCommand.DM_DEV_REMOVE_CMD, name, uuid, flags)
                 break
             except DeviceBusy:
                 if attempt == attempts:
                     raise
                 log.debug("DM_DEV_REMOVE %s busy, attempt %d/%d", name or uuid, attempt, attempts)
                 time.sleep(retry_delay)
-        info = _info(reply)
-        if self.manage_nodes and not synced and not info.deferred_remove:
-            nodes.removed(info.name)
+        info = _info(issued.reply)
+        if self.manage_nodes and not issued.synced and not info.deferred_remove:
+            nodes.removed(info.name, udev=issued.udev)
         return info
 
     def rename(
@@ -309,12 +308,10 @@ class DeviceMapper:
         else:
             validate_uuid(new_uuid)
             payload, flags = new_uuid.encode() + b"\0", DMFlag.DM_UUID_FLAG
-        reply, synced = self._issue_with_cookie(
-            DMCommand.DM_DEV_RENAME_CMD, name, uuid, flags, payload
-        )
-        info = _info(reply)
-        if self.manage_nodes and not synced and new_name:
-            nodes.renamed(info.name, new_name, info.major, info.minor)
+        issued = self._issue_with_cookie(DMCommand.DM_DEV_RENAME_CMD, name, uuid, flags, payload)
+        info = _info(issued.reply)
+        if self.manage_nodes and not issued.synced and new_name:
+            nodes.renamed(info.name, new_name, info.major, info.minor, udev=issued.udev)
         # The reply carries the name and uuid as sent: ask for the new ones.
         return self.info(new_name) if new_name else self.info(name, uuid=uuid)
 
@@ -345,10 +342,12 @@ class DeviceMapper:
             UdevTimeout: the device runs but udev did not finish its links in time.
         """
         self._check_ref(name, uuid)
-        reply, synced = self._issue_with_cookie(DMCommand.DM_DEV_SUSPEND_CMD, name, uuid)
-        info = _info(reply)
-        if self.manage_nodes and not synced:
-            nodes.created(info.name, info.major, info.minor, active=info.active_table)
+        issued = self._issue_with_cookie(DMCommand.DM_DEV_SUSPEND_CMD, name, uuid)
+        info = _info(issued.reply)
+        if self.manage_nodes and not issued.synced:
+            nodes.created(
+                info.name, info.major, info.minor, active=info.active_table, udev=issued.udev
+            )
         return info
 
     @contextlib.contextmanager
@@ -531,20 +530,19 @@ class DeviceMapper:
         uuid: str,
         flags: DMFlag = NO_FLAGS,
         payload: bytes = b"",
-    ) -> tuple[Reply, bool]:
+    ) -> _Issued:
         """Issue a command after which the kernel may send a uevent (resume, rename, remove).
 
         Where udevd runs and nodes are managed, a udev cookie goes in ``event_nr``
         and, if the reply has DM_UEVENT_GENERATED_FLAG, the rules are waited for
-        (at most ``udev_timeout``).  The cookie is removed in every case.  Returns
-        the reply and whether udev was waited for: then the nodes are final.
+        (at most ``udev_timeout``).  The cookie is removed in every case.
 
         Raises:
             UdevTimeout: the rules did not complete in time.
         """
         if not (self.manage_nodes and nodes.udev_running()):
             reply = issue(self.fd, command, name=name, uuid=uuid, flags=flags, payload=payload)
-            return reply, False
+            return _Issued(reply, udev=False, synced=False)
         with udev.Cookie.create() as cookie:
             reply = issue(
                 self.fd,
@@ -556,9 +554,9 @@ class DeviceMapper:
                 payload=payload,
             )
             if DMFlag.DM_UEVENT_GENERATED_FLAG not in reply.flags:
-                return reply, False
+                return _Issued(reply, udev=True, synced=False)
             cookie.wait(self.udev_timeout, f"{command.kernel_name} on {name or uuid!r}")
-            return reply, True
+            return _Issued(reply, udev=True, synced=True)
 
     @staticmethod
     def _check_ref(name: str, uuid: str) -> None:
@@ -568,6 +566,16 @@ class DeviceMapper:
             validate_name(name)
         else:
             validate_uuid(uuid)
+
+
+class _Issued(NamedTuple):
+    """A reply to a command that may send a uevent, and what udev did about it."""
+
+    reply: Reply
+    #: Whether udevd ran when the command was issued (and nodes are managed).
+    udev: bool
+    #: Whether its rules were waited for: then the nodes are final.
+    synced: bool
 
 
 def _info(reply: Reply) -> DeviceInfo:

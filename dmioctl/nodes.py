@@ -50,35 +50,51 @@ def link_target(name: str) -> str | None:
         return None
 
 
-def created(name: str, major: int, minor: int, *, active: bool = False) -> None:
+def created(
+    name: str, major: int, minor: int, *, active: bool = False, udev: bool | None = None
+) -> None:
     """Make sure ``/dev/mapper/<name>`` is the block device ``major:minor``.
 
     With udev the rules make the node once the device has an active table, so
-    this waits for it only when ``active`` says the device has one.
+    this waits for it only when ``active`` says the device has one.  ``udev``
+    says whether udevd runs, when the caller has just looked.
     """
     path = node_path(name)
-    if udev_running():
+    if udev_running() if udev is None else udev:
         if active:
             _wait_for(path, present=True)
         return
     wanted = os.makedev(major, minor)
+    # A new device has no node yet: try the one call that makes it first.
     try:
-        st = os.lstat(path)
-        if stat.S_ISBLK(st.st_mode) and st.st_rdev == wanted:
-            return
-        os.unlink(path)
-        log.debug("node %s pointed at the wrong device: replaced", path)
-    except FileNotFoundError:
+        _mknod(path, wanted)
+        return
+    except FileExistsError:
         pass
-    os.makedirs(MAPPER_DIR, exist_ok=True)
-    os.mknod(path, 0o600 | stat.S_IFBLK, wanted)
-    log.debug("mknod %s %d:%d", path, major, minor)
+    except FileNotFoundError:
+        os.makedirs(MAPPER_DIR, exist_ok=True)
+        _mknod(path, wanted)
+        return
+    st = os.lstat(path)
+    if stat.S_ISBLK(st.st_mode) and st.st_rdev == wanted:
+        return
+    os.unlink(path)
+    log.debug("node %s pointed at the wrong device: replaced", path)
+    _mknod(path, wanted)
 
 
-def removed(name: str) -> None:
-    """Make sure ``/dev/mapper/<name>`` is gone: unlink it, or wait for udev to."""
+def _mknod(path: str, device: int) -> None:
+    os.mknod(path, 0o600 | stat.S_IFBLK, device)
+    log.debug("mknod %s %d:%d", path, os.major(device), os.minor(device))
+
+
+def removed(name: str, *, udev: bool | None = None) -> None:
+    """Make sure ``/dev/mapper/<name>`` is gone: unlink it, or wait for udev to.
+
+    ``udev`` says whether udevd runs, when the caller has just looked.
+    """
     path = node_path(name)
-    if udev_running():
+    if udev_running() if udev is None else udev:
         _wait_for(path, present=False)
         return
     try:
@@ -88,13 +104,13 @@ def removed(name: str) -> None:
         pass
 
 
-def renamed(old: str, new: str, major: int, minor: int) -> None:
+def renamed(old: str, new: str, major: int, minor: int, *, udev: bool | None = None) -> None:
     """Move the node of a renamed device from ``old`` to ``new``."""
-    if udev_running():
+    if udev_running() if udev is None else udev:
         _wait_for(node_path(old), present=False)
         return
-    removed(old)
-    created(new, major, minor)
+    removed(old, udev=False)
+    created(new, major, minor, udev=False)
 
 
 def _wait_for(path: str, *, present: bool, timeout: float = UDEV_TIMEOUT) -> None:
