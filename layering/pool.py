@@ -248,12 +248,16 @@ class Pool:
     # Space
 
     def status(self) -> ThinPoolStatus:
-        """The pool's parsed status.
+        """The pool's parsed status, as it is in core.
+
+        Read with DM_NOFLUSH_FLAG: the counts and the transaction id come from
+        memory either way, and without it the kernel first commits the metadata,
+        a write and a flush that the operation's own messages make anyway.
 
         Raises:
             PoolError: the pool reports Fail or Error.
         """
-        line = self.dm.status(self.name)[0].params
+        line = self.dm.status(self.name, noflush=True)[0].params
         parsed = parse_status(line)
         if not isinstance(parsed, ThinPoolStatus):
             raise PoolError(f"pool {self.name} is unusable: {parsed.state.name}; run fsck")

@@ -1,7 +1,8 @@
 """The layering store's metadata: layers, the pool, and the journal of the open operation.
 
 Everything lives in one SQLite database, ``<root>/metadata.db``, opened in WAL
-mode with ``synchronous=FULL`` so that a committed row survives a crash.  The
+mode with ``synchronous=FULL`` so that a committed row survives a crash (the
+journal's later writes excepted, see below: recovery does not need them).  The
 schema version is ``PRAGMA user_version``; :data:`SCHEMA_VERSION` is the one this
 code writes, and :data:`MIGRATIONS` maps each older version to the function that
 lifts it one step.  A database from a newer version is refused
@@ -43,14 +44,17 @@ thin-provisioning.rst) is its commit point:
    args, the previous and the planned transaction id) and the records it will
    change: added layers in state ``CREATING``, removed layers marked
    ``REMOVING``.  Thin ids and names are reserved from then on.
+   This is the one write that must reach the disk before the kernel changes.
 3. Before each kernel change, ``op.step("create_snap")`` records that it may
-   have happened.  Order the kernel changes so that the transaction id moves
-   *after* additive changes (``create_thin``, ``create_snap``) and *before*
-   destructive ones (``delete``): then whichever side of the commit point a
-   crash falls on, what is left to do is idempotent clean-up.
-4. ``op.finish()`` commits, in one SQLite transaction: ``CREATING`` records
-   become ``READY``, ``REMOVING`` records are deleted, the pool record takes the
-   planned transaction id, and the journal entry is deleted.
+   have happened (for diagnosis: recovery goes by the transaction id alone).
+   Order the kernel changes so that the transaction id moves *after* additive
+   changes (``create_thin``, ``create_snap``) and *before* destructive ones
+   (``delete``): then whichever side of the commit point a crash falls on,
+   what is left to do is idempotent clean-up.
+4. ``op.finish()`` commits, in one SQLite transaction that need not reach the
+   disk at once (lost to a power cut, it is redone on re-open): ``CREATING``
+   records become ``READY``, ``REMOVING`` records are deleted, the pool record
+   takes the planned transaction id, and the journal entry is deleted.
 
 After a crash, ``store.interrupted()`` returns the open entry as an
 :class:`Operation` with its args and steps.  Read the pool's actual transaction
@@ -594,20 +598,32 @@ class Store:
         return self._lock.held()
 
     @contextlib.contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
+    def _write(self, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """One write transaction, under the lock.
+
+        A transaction that is not ``durable`` commits without waiting for the
+        disk (``synchronous=NORMAL``: after a power loss it may be missing, never
+        half there); the next durable commit makes it durable too.
+        """
         db = self._conn
         with self.exclusive():
-            db.execute("BEGIN IMMEDIATE")
+            if not durable:
+                db.execute("PRAGMA synchronous = NORMAL")
             try:
-                yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            try:
-                db.execute("COMMIT")
-            except sqlite3.Error as err:
-                db.execute("ROLLBACK")
-                raise StoreError(f"{self.root / DB_NAME}: commit failed: {err}") from err
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield db
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+                try:
+                    db.execute("COMMIT")
+                except sqlite3.Error as err:
+                    db.execute("ROLLBACK")
+                    raise StoreError(f"{self.root / DB_NAME}: commit failed: {err}") from err
+            finally:
+                if not durable:
+                    db.execute("PRAGMA synchronous = FULL")
 
     # --- layers -------------------------------------------------------------------------
 
@@ -1113,7 +1129,7 @@ class Operation:
             log.debug("operation %s (%s) left open: interrupted", self.name, self.id)
 
     def step(self, name: str) -> None:
-        """Record, durably, that step ``name`` is about to happen.
+        """Record that step ``name`` is about to happen (for the record: see :meth:`_open`).
 
         Raises:
             InvalidInput: ``name`` is empty or longer than 128 characters.
@@ -1194,9 +1210,17 @@ class Operation:
 
     @contextlib.contextmanager
     def _open(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction on the open operation's records.
+
+        Not durable: only :meth:`Store.begin` must reach the disk before the
+        kernel changes.  Should a power loss take back a step, finish or
+        rollback, the entry is found open and reconciled by the pool's
+        transaction id, which is all recovery reads, and the clean-up it redoes
+        is idempotent.
+        """
         if self._closed:
             raise JournalError(f"operation {self.name} ({self.id}) is closed")
-        with self.store._write() as db:
+        with self.store._write(durable=False) as db:
             row = db.execute("SELECT id FROM operation").fetchone()
             if row is None or row[0] != self.id:
                 raise JournalError(f"operation {self.name} ({self.id}) is no longer open")

@@ -502,7 +502,9 @@ def profile_creates(
     parts.append(ProfilePart("the rest (Python)", 0.0, parts[0].ms_per_create - accounted))
 
     out = io.StringIO()
-    pstats.Stats(profiler, stream=out).sort_stats("cumulative").print_stats(30)
+    stats = pstats.Stats(profiler, stream=out)
+    stats.sort_stats("cumulative").print_stats(30)
+    stats.sort_stats("tottime").print_stats(20)
     profile = Profile(
         runs, parts, _median_ms(ext4_ns), _median_ms(overlay_ns), _median_ms(spawn_ns)
     )
