@@ -10,7 +10,7 @@ from __future__ import annotations
 import abc
 import enum
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Self, TypeVar
 
@@ -228,6 +228,19 @@ class TargetBuilder(abc.ABC):
         return Target(start, length, self.target_type, self.params())
 
 
+@dataclass(frozen=True)
+class ParameterlessBuilder(TargetBuilder):
+    """The builder of a target type that takes no table parameters (zero, error)."""
+
+    def params(self) -> str:
+        return ""
+
+    @classmethod
+    def from_params(cls, params: str) -> Self:
+        expect_empty(f"{cls.target_type} table", params)
+        return cls()
+
+
 # Checks of builder fields, and readers of fields in parameter and status text, shared
 # by the target modules.
 
@@ -328,11 +341,46 @@ class FieldReader:
         allowed = ", ".join(str(member.value) for member in enum_type)
         raise self.error(field, f"{text!r} is not one of {allowed}")
 
+    def feature_count(self, maximum: int) -> int:
+        """The optional ``#feature_args`` field, which must count exactly the fields left.
+
+        Returns 0 when the text ends before it.
+        """
+        count = self.uint("number of feature args", maximum) if self.remaining() else 0
+        if self.remaining() != count:
+            raise self.error("feature args", f"expected {count} fields")
+        return count
+
+    def flags(self, names: Iterable[str]) -> dict[str, bool]:
+        """The remaining fields as feature words, each one of ``names`` at most once.
+
+        Returns every name, True where it was given.
+        """
+        given = dict.fromkeys(names, False)
+        while self.remaining():
+            name = self.word("feature")
+            if given.get(name) is not False:
+                raise self.error("feature", f"{name!r} is unknown or repeated")
+            given[name] = True
+        return given
+
     def end(self) -> None:
         """Raise unless every field was read."""
         if self.remaining():
             extra = " ".join(self.fields[self.position :])
             raise self.error("end", f"unexpected trailing fields {extra!r}")
+
+
+def state_word(raw: str, enum_type: type[_E]) -> _E | None:
+    """The member of ``enum_type`` that a status made only of a state spells, else None.
+
+    Targets print such a state (``Fail``, ``Merge failed``...) instead of figures.
+    """
+    words = " ".join(raw.split())
+    for member in enum_type:
+        if member.value == words:
+            return member
+    return None
 
 
 def expect_empty(source: str, raw: str) -> None:

@@ -6,24 +6,16 @@ It takes no table parameters and reports an empty status.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Self
+from typing import ClassVar
 
-from dmioctl.table import TargetBuilder, expect_empty
+from dmioctl.table import ParameterlessBuilder, expect_empty
 
 
 @dataclass(frozen=True)
-class Error(TargetBuilder):
+class Error(ParameterlessBuilder):
     """``error``: fails every read and write, e.g. to punch a hole in a table."""
 
     target_type: ClassVar[str] = "error"
-
-    def params(self) -> str:
-        return ""
-
-    @classmethod
-    def from_params(cls, params: str) -> Self:
-        expect_empty("error table", params)
-        return cls()
 
 
 @dataclass(frozen=True)

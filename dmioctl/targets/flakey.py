@@ -149,9 +149,7 @@ class Flakey(TargetBuilder):
         down = fields.uint("down interval", MAX_UINT32)
         flags: dict[str, bool] = {"drop_writes": False, "error_writes": False}
         corrupt: CorruptBioByte | None = None
-        count = fields.uint("number of feature args", 6) if fields.remaining() else 0
-        if fields.remaining() != count:
-            raise fields.error("feature args", f"expected {count} fields")
+        fields.feature_count(6)
         while fields.remaining():
             name = fields.word("feature")
             if name in flags and not flags[name]:

@@ -33,6 +33,7 @@ from dmioctl.table import (
     check_device,
     check_uint,
     expect_empty,
+    state_word,
 )
 
 
@@ -119,15 +120,8 @@ class Snapshot(TargetBuilder):
         cow = fields.device("COW device")
         persistence = fields.choice("persistent?", Persistence)
         chunk = fields.uint("chunk size", MAX_UINT32)
-        features = {"discard_zeroes_cow": False, "discard_passdown_origin": False}
-        count = fields.uint("number of feature args", 2) if fields.remaining() else 0
-        if fields.remaining() != count:
-            raise fields.error("feature args", f"expected {count} fields")
-        while fields.remaining():
-            name = fields.word("feature")
-            if features.get(name) is not False:
-                raise fields.error("feature", f"{name!r} is unknown or repeated")
-            features[name] = True
+        fields.feature_count(2)
+        features = fields.flags(("discard_zeroes_cow", "discard_passdown_origin"))
         try:
             return cls(origin, cow, persistence, chunk, **features)
         except InvalidArgument as exc:
@@ -172,10 +166,9 @@ def parse_status(text: str, target_type: str = "snapshot") -> SnapshotStatus | S
     Raises:
         ParseError: naming the field and the raw text.
     """
-    words = " ".join(text.split())
-    for state in SnapshotState:
-        if words == state.value:
-            return SnapshotUnusable(state)
+    state = state_word(text, SnapshotState)
+    if state is not None:
+        return SnapshotUnusable(state)
     fields = FieldReader(f"{target_type} status", text)
     allocated, total = fields.ratio("sectors allocated/total")
     metadata = fields.uint("metadata sectors", MAX_SECTORS)

@@ -23,6 +23,7 @@ from dmioctl.table import (
     TargetBuilder,
     check_device,
     check_uint,
+    state_word,
 )
 
 #: Largest thin device id (dm-thin.c MAX_DEV_ID: ids are 24 bits).
@@ -108,11 +109,9 @@ def parse_status(text: str) -> ThinStatus | ThinUnavailable:
     Raises:
         ParseError: naming the field and the raw text.
     """
-    words = text.split()
-    if len(words) == 1:
-        for state in ThinState:
-            if words[0] == state.value:
-                return ThinUnavailable(state)
+    state = state_word(text, ThinState)
+    if state is not None:
+        return ThinUnavailable(state)
     fields = FieldReader("thin status", text)
     mapped = fields.uint("nr mapped sectors", MAX_SECTORS)
     if fields.peek() == "-":

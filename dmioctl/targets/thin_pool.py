@@ -44,6 +44,7 @@ from dmioctl.table import (
     TargetBuilder,
     check_device,
     check_uint,
+    state_word,
 )
 from dmioctl.targets.thin import MAX_DEV_ID, check_dev_id
 
@@ -143,15 +144,8 @@ class ThinPool(TargetBuilder):
         data = fields.device("data device")
         block_size = fields.uint("data block size", MAX_UINT64)
         low_water = fields.uint("low water mark", MAX_UINT64)
-        count = fields.uint("number of feature args", MAX_FEATURES) if fields.remaining() else 0
-        if fields.remaining() != count:
-            raise fields.error("feature args", f"expected {count} fields")
-        flags = dict.fromkeys(_FEATURES, False)
-        while fields.remaining():
-            name = fields.word("feature")
-            if flags.get(name) is not False:
-                raise fields.error("feature", f"{name!r} is unknown or repeated")
-            flags[name] = True
+        fields.feature_count(MAX_FEATURES)
+        flags = fields.flags(_FEATURES)
         try:
             return cls(metadata, data, block_size, low_water, **flags)
         except InvalidArgument as exc:
@@ -229,11 +223,9 @@ def parse_status(text: str) -> ThinPoolStatus | ThinPoolUnavailable:
     Raises:
         ParseError: naming the field and the raw text.
     """
-    words = text.split()
-    if len(words) == 1:
-        for state in PoolState:
-            if words[0] == state.value:
-                return ThinPoolUnavailable(state)
+    state = state_word(text, PoolState)
+    if state is not None:
+        return ThinPoolUnavailable(state)
     fields = FieldReader("thin-pool status", text)
     transaction_id = fields.uint("transaction id")
     used_metadata, total_metadata = fields.ratio("used/total metadata blocks")

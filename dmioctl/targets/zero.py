@@ -6,24 +6,16 @@ It takes no table parameters and reports an empty status.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Self
+from typing import ClassVar
 
-from dmioctl.table import TargetBuilder, expect_empty
+from dmioctl.table import ParameterlessBuilder, expect_empty
 
 
 @dataclass(frozen=True)
-class Zero(TargetBuilder):
+class Zero(ParameterlessBuilder):
     """``zero``: a source of zeroes and a sink for writes."""
 
     target_type: ClassVar[str] = "zero"
-
-    def params(self) -> str:
-        return ""
-
-    @classmethod
-    def from_params(cls, params: str) -> Self:
-        expect_empty("zero table", params)
-        return cls()
 
 
 @dataclass(frozen=True)
