@@ -33,9 +33,17 @@ is stable; fields may be added, never renamed or removed:
 ``status``
     ``[{"name", "targets": [{"start", "length", "type", "status"}, ...]}, ...]``
 ``deps``
-    ``[{"name", "deps": [{"major", "minor"}, ...]}, ...]``
+    ``[{"name", "deps": [{"major", "minor", "name", "kernel_name"}, ...]}, ...]``; a
+    dependency's ``name`` is what ``-o devname`` prints (the device-mapper name,
+    else the kernel's), ``kernel_name`` what ``-o blkdevname`` prints (``dm-3``,
+    ``loop0``); either is ``null`` where sysfs does not know the device.
 
-Commands given a NAME still print a list, of one device.  Sectors are 512 bytes.
+Commands given a NAME (or ``-u UUID``) still print a list, of one device.  Sectors
+are 512 bytes.
+
+A command about one device takes it as NAME or, as dmsetup's ``-u``, by uuid:
+``dmioctl info -u UUID``.  Given ``-u``, the arguments after NAME move up one
+(``dmioctl rename -u UUID NEW``).  ``create -u UUID`` is the uuid of the new device.
 
 Example::
 
@@ -52,19 +60,26 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import json
+import locale
 import logging
 import os
 import stat
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, TextIO, TypeVar
 
 import click
 
 from dmioctl import nodes
-from dmioctl.control import DeviceInfo, DeviceMapper, ListedDevice
+from dmioctl.control import (
+    DeviceInfo,
+    DeviceMapper,
+    ListedDevice,
+    validate_name,
+    validate_uuid,
+)
 from dmioctl.errors import DMError, InvalidArgument
 from dmioctl.table import Target, parse_table, validate
 
@@ -92,12 +107,67 @@ def sysfs_read_ahead(major: int, minor: int) -> int | None:
         return None
 
 
+@dataclass(frozen=True)
+class BlockNames:
+    """What sysfs calls a block device: its kernel name, and its name if it is a dm device."""
+
+    kernel: str | None
+    dm: str | None
+
+    def shown(self, naming: str) -> str | None:
+        """The name ``-o naming`` prints (devname, blkdevname); None for devno or unknown.
+
+        devname falls back to the kernel name for a device that is not a
+        device-mapper device, as libdevmapper's dm_device_get_name does.
+        """
+        if naming == "devname":
+            return self.dm or self.kernel
+        if naming == "blkdevname":
+            return self.kernel
+        return None
+
+
+def sysfs_block_names(major: int, minor: int) -> BlockNames:
+    """The names of block device major:minor, from /sys/dev/block as dmsetup reads them.
+
+    The kernel name is where the /sys/dev/block/MAJ:MIN link points (``dm-3``,
+    ``loop0``, ``sda1``); a device-mapper device also has its name in ``dm/name``.
+    """
+    path = f"/sys/dev/block/{major}:{minor}"
+    try:
+        kernel: str | None = os.path.basename(os.readlink(path))
+    except OSError:
+        kernel = None
+    try:
+        with open(f"{path}/dm/name", encoding="utf-8", errors="surrogateescape") as f:
+            dm: str | None = f.read().removesuffix("\n")
+    except OSError:
+        dm = None
+    return BlockNames(kernel, dm)
+
+
+def terminal_columns() -> int | None:
+    """The width of the terminal on stdout; None when stdout is not a terminal."""
+    try:
+        return os.get_terminal_size(sys.stdout.fileno()).columns
+    except (OSError, ValueError):
+        return None
+
+
+def utf8_locale() -> bool:
+    """Whether the locale's character set is UTF-8 (dmsetup's test for drawing the tree)."""
+    return locale.nl_langinfo(locale.CODESET) == "UTF-8"
+
+
 @dataclass
 class Environment:
     """What the commands run against; tests replace the parts that reach the system."""
 
     open_control: Callable[[], DeviceMapper] = DeviceMapper
     read_ahead: Callable[[int, int], int | None] = sysfs_read_ahead
+    block_names: Callable[[int, int], BlockNames] = sysfs_block_names
+    terminal_columns: Callable[[], int | None] = terminal_columns
+    utf8: Callable[[], bool] = utf8_locale
 
     def control(self) -> DeviceMapper:
         """Open the device-mapper control file; failing to is a library-style error."""
@@ -150,6 +220,86 @@ def set_verbose(prog: str, verbose: bool, loggers: Sequence[str] = ("dmioctl",))
         logger.setLevel(logging.DEBUG if verbose else logging.WARNING)
 
 
+# Naming a device
+
+
+@dataclass(frozen=True)
+class DeviceRef:
+    """A device as the command line names it: by name, or (-u) by uuid; exactly one is set.
+
+    Pass both fields on, ``dm.info(device.name, uuid=device.uuid)``: the library
+    takes whichever is not empty.
+    """
+
+    name: str = ""
+    uuid: str = ""
+
+    def __str__(self) -> str:
+        return repr(self.name) if self.name else f"uuid {self.uuid!r}"
+
+
+#: ctx.meta key: the device of this command is named by -u, so NAME is not parsed.
+_BY_UUID = "dmioctl.by_uuid"
+
+
+class DeviceCommand(click.Command):
+    """A command about one device, which it takes as dmsetup takes ``<device>``: NAME or -u UUID.
+
+    The command gets a NAME argument (before its own) and the -u/--uuid option,
+    and its callback one ``device`` parameter instead: a :class:`DeviceRef`, or
+    None when ``every_device`` is set and neither was given (the command then
+    works on every device).  Given -u, the positional arguments move up, as in
+    dmsetup: ``rename -u UUID NEW``, ``load -u UUID FILE``.  A positional left
+    over then means that NAME was given as well, which is an error.
+    """
+
+    def __init__(self, *args: Any, every_device: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.every_device = every_device
+        name = click.Argument(
+            ["name"], required=False, metavar="[NAME]" if every_device else "NAME"
+        )
+        uuid = click.Option(
+            ["-u", "--uuid"], metavar="UUID", help="Name the device by its uuid instead of NAME."
+        )
+        self.params[:0] = [name, uuid]
+
+    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
+        params = super().get_params(ctx)
+        if ctx.meta.get(_BY_UUID):
+            return [p for p in params if p.name != "name"]
+        return params
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        # A first pass of the option parser alone, without NAME: was -u given, and
+        # did positionals remain once the other arguments took theirs?
+        ctx.meta[_BY_UUID] = True
+        try:
+            opts, extra, _ = self.make_parser(ctx).parse_args(args=list(args))
+        except click.UsageError:
+            opts, extra = {}, []  # the real parse reports it
+        ctx.meta[_BY_UUID] = opts.get("uuid") is not None
+        if ctx.meta[_BY_UUID] and extra:
+            raise InvalidArgument("name the device by NAME or by -u UUID, not both")
+        return super().parse_args(ctx, args)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        name, uuid = ctx.params.pop("name", None), ctx.params.pop("uuid")
+        ctx.params["device"] = self._device(name, uuid)
+        return super().invoke(ctx)
+
+    def _device(self, name: str | None, uuid: str | None) -> DeviceRef | None:
+        if uuid is not None:
+            validate_uuid(uuid)
+            return DeviceRef(uuid=uuid)
+        if name is not None:
+            validate_name(name)
+            return DeviceRef(name=name)
+        if self.every_device:
+            return None
+        raise InvalidArgument("no device given: name it by NAME or by -u UUID")
+
+
 # Shared options
 
 
@@ -157,10 +307,6 @@ def json_option(f: _F) -> _F:
     return click.option(
         "--json", "as_json", is_flag=True, help="Print JSON (schema: see the program's --help)."
     )(f)
-
-
-def optional_name(f: _F) -> _F:
-    return click.argument("name", required=False)(f)
 
 
 def target_option(f: _F) -> _F:
@@ -187,6 +333,46 @@ def table_source(f: _F) -> _F:
     )(f)
 
 
+#: The words of ``deps -o`` and ``ls -o`` (without --tree), in dmsetup's order.
+NAMINGS = ("devno", "blkdevname", "devname")
+
+
+def option_words(text: str, words: Sequence[str], what: str) -> list[str]:
+    """The comma-separated -o words of ``text``, abbreviations expanded as dmsetup does.
+
+    dmsetup reads a word as the first in its list that the word begins: ``inv``
+    is inverted, ``a`` is active.  Empty words are skipped.
+    """
+    chosen = []
+    for given in filter(None, text.split(",")):
+        word = next((w for w in words if w.startswith(given)), None)
+        if word is None:
+            raise click.BadParameter(f"unknown {what} {given!r}; known: {', '.join(words)}")
+        chosen.append(word)
+    return chosen
+
+
+def _last_naming(options: str) -> str:
+    """How -o devno|devname|blkdevname shows devices: its last word, devno when none."""
+    return [NAMINGS[0], *option_words(options, NAMINGS, "option")][-1]
+
+
+def _naming(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    return _last_naming(value)
+
+
+def naming_option(f: _F) -> _F:
+    return click.option(
+        "-o",
+        "--options",
+        "naming",
+        default="",
+        callback=_naming,
+        metavar="devno|devname|blkdevname",
+        help="Show devices by number (default), by name, or by kernel name (dm-3, loop0).",
+    )(f)
+
+
 def _read_table(table_text: str | None, file: TextIO | None) -> list[Target]:
     """The table from --table, FILE or stdin, parsed and checked before any ioctl."""
     if table_text is not None and file is not None:
@@ -210,8 +396,16 @@ def _by_name(devices: Sequence[ListedDevice]) -> list[ListedDevice]:
     return sorted(devices, key=lambda d: d.name.encode(errors="surrogateescape"))
 
 
-def _names(dm: DeviceMapper, name: str | None) -> list[str]:
-    return [name] if name else [d.name for d in _by_name(dm.list_devices())]
+def _devices(dm: DeviceMapper, device: DeviceRef | None) -> list[DeviceRef]:
+    """The device named, or (None) every device in dmsetup's order."""
+    if device is not None:
+        return [device]
+    return [DeviceRef(d.name) for d in _by_name(dm.list_devices())]
+
+
+def _name_of(dm: DeviceMapper, device: DeviceRef) -> str:
+    """The name of a device, which costs a DM_DEV_STATUS if it was named by uuid."""
+    return device.name or dm.info(uuid=device.uuid).name
 
 
 def _dmsetup_line(target: Target) -> str:
@@ -306,37 +500,45 @@ def targets(env: Environment, as_json: bool) -> None:
 @click.option(
     "-o",
     "--options",
-    "tree_options",
+    "options",
     default="",
-    metavar="ascii|utf",
-    help="Tree drawing characters (default utf).",
+    metavar="OPTIONS",
+    help=(
+        "devno (default), devname or blkdevname: show each device's number, name or"
+        " kernel name.  With --tree, comma-separated: ascii, utf, vt100; compact,"
+        " inverted, notrunc; blkdevname, [no]device, active, open, rw, uuid."
+    ),
 )
 @json_option
 @pass_env
 def ls_command(
-    env: Environment, target_type: str | None, tree: bool, tree_options: str, as_json: bool
+    env: Environment, target_type: str | None, tree: bool, options: str, as_json: bool
 ) -> None:
     """List the devices: name and major:minor.
 
     With --target, only devices with a target of that type (printed as dmsetup
     does then, "(major, minor)"); with --tree, each device with the devices it
-    uses beneath it.
+    uses beneath it, or with -o inverted the devices that use it.  Tree lines
+    longer than the terminal (80 columns off a terminal) end in "..." unless
+    -o notrunc.
 
     \b
     Example:
         dmioctl ls --target thin-pool
+        dmioctl ls --tree -o ascii,inverted,open
     """
-    symbols = _tree_symbols(tree_options)
-    roots: list[_TreeNode] = []
+    style = _tree_style(options, utf8=env.utf8()) if tree else None
+    naming = "devno" if tree else _last_naming(options)
+    graph = None
     with env.control() as dm:
         devices = _by_name(dm.list_devices())
         if target_type is not None:
             devices = [d for d in devices if _has_target(dm, d.name, target_type)]
-        elif tree:
-            roots = _build_tree(dm, devices)
+        elif style is not None:
+            graph = _DependencyGraph.build(dm, devices, with_info=bool(style.attributes))
     if as_json:
-        if tree and target_type is None:
-            _dump([root.as_json() for root in roots])
+        if graph is not None and style is not None:
+            _dump([graph.node_json(root, style.inverted) for root in graph.roots(style.inverted)])
         else:
             _dump([_listed_json(d) for d in devices])
     elif target_type is not None:
@@ -344,13 +546,14 @@ def ls_command(
             click.echo(f"{d.name}\t({d.major}, {d.minor})")
     elif not devices:
         click.echo(NO_DEVICES)
-    elif tree:
-        for root in roots:
-            for line in root.lines(symbols):
-                click.echo(line)
+    elif graph is not None and style is not None:
+        width = _tree_width(env, style)
+        for line in _TreeDrawing(graph, style, env.block_names, width).draw():
+            click.echo(line)
     else:
         for d in devices:
-            click.echo(f"{d.name}\t({d.major}:{d.minor})")
+            shown = env.block_names(d.major, d.minor).shown(naming)
+            click.echo(f"{d.name}\t({shown or f'{d.major}:{d.minor}'})")
 
 
 def _has_target(dm: DeviceMapper, name: str, target_type: str) -> bool:
@@ -369,72 +572,284 @@ def _listed_json(device: ListedDevice) -> dict[str, object]:
 
 @dataclass(frozen=True)
 class _TreeSymbols:
+    """Drawing characters of ``ls --tree``: two wide before a node; three wide in compact mode."""
+
     branch: str
     last: str
     vertical: str
+    #: compact mode, before a node drawn on its parent's line: an only (or last) child
+    single: str
+    #: and a first child of several
+    first: str
+
+
+def _vt100(chars: str) -> str:
+    """VT100 line-drawing characters, in the escapes that switch the set on and off."""
+    return f"\033(0\017{chars}\033(B"
 
 
 _TREE_SYMBOLS = {
-    "ascii": _TreeSymbols("|-", "`-", "| "),
-    "utf": _TreeSymbols("\u251c\u2500", "\u2514\u2500", "\u2502 "),
+    "ascii": _TreeSymbols("|-", "`-", "| ", "---", "-+-"),
+    "utf": _TreeSymbols(
+        "\u251c\u2500", "\u2514\u2500", "\u2502 ", "\u2500\u2500\u2500", "\u2500\u252c\u2500"
+    ),
+    "vt100": _TreeSymbols(
+        _vt100("tq"), _vt100("mq"), _vt100("x") + " ", _vt100("qqq"), _vt100("qwq")
+    ),
 }
 
+#: What -o active, rw, open and uuid add to a device in the tree, in dmsetup's order.
+_TREE_ATTRIBUTES: dict[str, Callable[[DeviceInfo], str]] = {
+    "active": lambda i: "SUSPENDED" if i.suspended else "ACTIVE",
+    "rw": lambda i: "RO" if i.read_only else "RW",
+    "open": lambda i: str(i.open_count),
+    "uuid": lambda i: i.uuid,
+}
 
-def _tree_symbols(options: str) -> _TreeSymbols:
-    chosen = _TREE_SYMBOLS["utf"]
-    for option in filter(None, options.split(",")):
-        if option not in _TREE_SYMBOLS:
-            raise click.BadParameter(f"{option!r}: the tree options are ascii and utf")
-        chosen = _TREE_SYMBOLS[option]
-    return chosen
+#: The words of ``ls --tree -o``, in the order dmsetup matches an abbreviation against them.
+TREE_WORDS = (
+    "device",
+    "blkdevname",
+    "nodevice",
+    "active",
+    "open",
+    "uuid",
+    "rw",
+    "utf",
+    "vt100",
+    "ascii",
+    "inverted",
+    "compact",
+    "notrunc",
+)
 
 
 @dataclass(frozen=True)
-class _TreeNode:
-    """A device in ``ls --tree``: name ``""`` for one that is not a device-mapper device."""
+class _TreeStyle:
+    """How ``ls --tree`` draws, from its -o words; dmsetup's defaults otherwise."""
 
-    name: str
-    major: int
-    minor: int
-    children: tuple[_TreeNode, ...]
+    charset: str
+    #: " (major:minor)" after a device
+    device: bool = True
+    #: " <dm-3>" after a device
+    blkdevname: bool = False
+    #: " [ACTIVE, RW, 0, uuid]" after a device-mapper device: keys of _TREE_ATTRIBUTES
+    attributes: tuple[str, ...] = ()
+    #: a device's first child on the device's own line
+    compact: bool = False
+    #: each device above the devices that use it, instead of below
+    inverted: bool = False
+    #: lines cut at the terminal's width
+    truncate: bool = True
 
-    def lines(self, symbols: _TreeSymbols, more: tuple[bool, ...] = ()) -> Iterator[str]:
-        """Lines for this node and the devices below it, indented as dmsetup does.
+    @property
+    def symbols(self) -> _TreeSymbols:
+        return _TREE_SYMBOLS[self.charset]
 
-        ``more[i]`` says whether the ancestor at depth ``i + 1`` (or, last, this
-        node) has siblings after it: those draw a vertical line or a branch.
-        """
-        prefix = "".join(" " + (symbols.vertical if m else "  ") for m in more[:-1])
-        if more:
-            prefix += " " + (symbols.branch if more[-1] else symbols.last)
-        label = f"{self.name} ({self.major}:{self.minor})" if self.name else ""
-        yield prefix + (label or f" ({self.major}:{self.minor})")
-        for index, child in enumerate(self.children):
-            yield from child.lines(symbols, (*more, index < len(self.children) - 1))
 
-    def as_json(self) -> dict[str, object]:
+def _tree_style(options: str, *, utf8: bool) -> _TreeStyle:
+    """The style of ``-o options``: the last of conflicting words counts, as in dmsetup.
+
+    Without a character set word, UTF-8 drawing in a UTF-8 locale, else ASCII.
+    """
+    words = option_words(options, TREE_WORDS, "tree option")
+
+    def last(choices: Sequence[str], default: str) -> str:
+        return next((w for w in reversed(words) if w in choices), default)
+
+    attributes = tuple(a for a in _TREE_ATTRIBUTES if a in words)
+    return _TreeStyle(
+        charset=last(list(_TREE_SYMBOLS), "utf" if utf8 else "ascii"),
+        device=last(("device", "nodevice"), "device") == "device",
+        blkdevname="blkdevname" in words,
+        attributes=attributes,
+        # dmsetup draws compactly only devices without attributes.
+        compact="compact" in words and not attributes,
+        inverted="inverted" in words,
+        truncate="notrunc" not in words,
+    )
+
+
+def _tree_width(env: Environment, style: _TreeStyle) -> int | None:
+    """Where dmsetup cuts tree lines: 3 short of the terminal's width, else 80; None: nowhere.
+
+    With vt100 drawing it does not ask the terminal.
+    """
+    if not style.truncate:
+        return None
+    columns = env.terminal_columns() if style.charset != "vt100" else None
+    return columns - 3 if columns is not None and columns > 3 else 80
+
+
+def _truncated(line: str, width: int) -> str:
+    """``line`` cut to ``width`` columns as dmsetup cuts it: its first width - 1, then "...".
+
+    A line of exactly ``width`` stays whole, unless its last character is not ASCII.
+    """
+    if len(line) < width or (len(line) == width and line[-1].isascii()):
+        return line
+    return line[: width - 1] + "..."
+
+
+_Number = tuple[int, int]
+
+
+@dataclass
+class _DependencyGraph:
+    """The devices of ``ls --tree``, which uses which, in the order dmsetup draws them.
+
+    As in libdevmapper's dependency tree, the devices are added in name order,
+    each with the devices it uses, depth first.  ``tops`` are then the devices
+    no other uses, in name order; ``bottoms`` those that use none, in the order
+    the walk met them; and each device's ``users`` in the order the walk met them.
+    A device that is not a device-mapper device has no name and uses nothing.
+    """
+
+    names: dict[_Number, str]
+    infos: dict[_Number, DeviceInfo]
+    uses: dict[_Number, list[_Number]]
+    users: dict[_Number, list[_Number]] = field(default_factory=dict)
+    tops: list[_Number] = field(default_factory=list)
+    bottoms: list[_Number] = field(default_factory=list)
+
+    @classmethod
+    def build(
+        cls, dm: DeviceMapper, devices: Sequence[ListedDevice], *, with_info: bool
+    ) -> _DependencyGraph:
+        """The graph of ``devices``, with their DeviceInfo if ``with_info`` (for attributes)."""
+        numbered = {(d.major, d.minor): d.name for d in devices}
+        graph = cls(
+            names=numbered,
+            infos={n: dm.info(name) for n, name in numbered.items()} if with_info else {},
+            uses={n: dm.deps(name) for n, name in numbered.items()},
+        )
+        for number in numbered:
+            graph._add(number, user=None)
+        return graph
+
+    def _add(self, number: _Number, user: _Number | None) -> None:
+        """Add a device met from ``user`` (None: from the list), then, if new, what it uses."""
+        new = number not in self.users
+        users = self.users.setdefault(number, [])
+        if user is None and not users:
+            self.tops.append(number)
+        elif user is not None:
+            users.append(user)
+            if number in self.tops:
+                self.tops.remove(number)
+        if not new:
+            return
+        below = self.uses.get(number, [])
+        if not below:
+            self.bottoms.append(number)
+        for dep in below:
+            self._add(dep, number)
+
+    def roots(self, inverted: bool) -> list[_Number]:
+        return self.bottoms if inverted else self.tops
+
+    def children(self, number: _Number, inverted: bool) -> list[_Number]:
+        return self.users.get(number, []) if inverted else self.uses.get(number, [])
+
+    def node_json(self, number: _Number, inverted: bool) -> dict[str, object]:
         return {
-            "name": self.name or None,
-            "major": self.major,
-            "minor": self.minor,
-            "children": [child.as_json() for child in self.children],
+            "name": self.names.get(number),
+            "major": number[0],
+            "minor": number[1],
+            "children": [self.node_json(c, inverted) for c in self.children(number, inverted)],
         }
 
 
-def _build_tree(dm: DeviceMapper, devices: Sequence[ListedDevice]) -> list[_TreeNode]:
-    """Roots of the dependency tree: devices that no other listed device uses."""
-    by_number = {(d.major, d.minor): d for d in devices}
-    uses = {(d.major, d.minor): dm.deps(d.name) for d in devices}
-    used = {dep for deps in uses.values() for dep in deps}
+class _TreeDrawing:
+    """The lines of ``ls --tree``, laid out as dmsetup lays them out.
 
-    def node(number: tuple[int, int]) -> _TreeNode:
-        device = by_number.get(number)
-        if device is None:
-            return _TreeNode("", number[0], number[1], ())
-        children = tuple(node(dep) for dep in uses[number])
-        return _TreeNode(device.name, device.major, device.minor, children)
+    A node is its label after a prefix that holds, for each level above it, the
+    width of what the node drawn at that level put on its line (compact mode
+    only; else nothing), a blank and a two-wide symbol: a branch at the node's
+    own level, a vertical line where the level's node has siblings still to
+    come.  In compact mode a node's first child continues the node's line after
+    a three-wide joint; the other children start lines of their own.
+    """
 
-    return [node((d.major, d.minor)) for d in devices if (d.major, d.minor) not in used]
+    def __init__(
+        self,
+        graph: _DependencyGraph,
+        style: _TreeStyle,
+        block_names: Callable[[int, int], BlockNames],
+        width: int | None,
+    ) -> None:
+        self.graph = graph
+        self.style = style
+        self.block_names = block_names
+        self.width = width
+        self.lines: list[str] = []
+        self.line = ""
+        # Per level, about the node drawn there last: whether siblings follow it,
+        # and how wide it was (compact mode).  A level keeps them until the next
+        # node there is drawn, as dmsetup's do.
+        self.more: dict[int, bool] = {}
+        self.widths: dict[int, int] = {}
+
+    def draw(self) -> list[str]:
+        self._walk(self.graph.roots(self.style.inverted), 0)
+        if self.line:
+            self._end_line()
+        return self.lines
+
+    def _walk(self, numbers: Sequence[_Number], level: int) -> None:
+        for index, number in enumerate(numbers):
+            children = self.graph.children(number, self.style.inverted)
+            self._node(number, level, index < len(numbers) - 1, bool(children))
+            self._walk(children, level + 1)
+
+    def _node(self, number: _Number, level: int, more: bool, has_children: bool) -> None:
+        label = self._label(number)
+        if label is None:
+            return
+        self.more[level] = more
+        continued = self.style.compact and self.line != ""
+        if not continued:
+            self.line += self._prefix(level)
+        start = len(self.line)
+        if continued:
+            self.line += self.style.symbols.first if more else self.style.symbols.single
+        self.line += label
+        self.widths[level] = len(self.line) - start if self.style.compact else 0
+        if not (self.style.compact and has_children):
+            self._end_line()
+
+    def _prefix(self, level: int) -> str:
+        symbols = self.style.symbols
+        prefix = ""
+        for above in range(level):
+            if above == level - 1:
+                symbol = symbols.branch if self.more.get(level) else symbols.last
+            else:
+                symbol = symbols.vertical if self.more.get(above + 1) else "  "
+            prefix += " " * (self.widths.get(above, 0) + 1) + symbol
+        return prefix
+
+    def _label(self, number: _Number) -> str | None:
+        """A node's text; None for a device with no dm name when -o nodevice leaves it blank."""
+        style = self.style
+        name = self.graph.names.get(number, "")
+        if not name and not style.device and not style.blkdevname:
+            return None
+        label = name
+        kernel = self.block_names(*number).kernel if style.blkdevname else None
+        if kernel:
+            label += f" <{kernel}>"
+        if style.device:
+            label += f" ({number[0]}:{number[1]})"
+        info = self.graph.infos.get(number)
+        if style.attributes and info is not None:
+            label += " [" + ", ".join(_TREE_ATTRIBUTES[a](info) for a in style.attributes) + "]"
+        return label
+
+    def _end_line(self) -> None:
+        line = self.line if self.width is None else _truncated(self.line, self.width)
+        self.lines.append(line)
+        self.line = ""
 
 
 @dataclass(frozen=True)
@@ -543,8 +958,7 @@ def info_json(info: DeviceInfo, read_ahead: int | None) -> dict[str, object]:
     }
 
 
-@main.command()
-@optional_name
+@main.command(cls=DeviceCommand, every_device=True)
 @click.option("-c", "--columns", is_flag=True, help="One line per device, in columns.")
 @click.option(
     "-o",
@@ -560,7 +974,7 @@ def info_json(info: DeviceInfo, read_ahead: int | None) -> dict[str, object]:
 @pass_env
 def info(
     env: Environment,
-    name: str | None,
+    device: DeviceRef | None,
     columns: bool,
     fields: str,
     noheadings: bool,
@@ -572,9 +986,10 @@ def info(
     \b
     Example:
         dmioctl info -c -o name,attr,events
+        dmioctl info -u LVM-3fcb1e
     """
     with env.control() as dm:
-        infos = [dm.info(n) for n in _names(dm, name)]
+        infos = [dm.info(d.name, uuid=d.uuid) for d in _devices(dm, device)]
     read_ahead = {i.name: env.read_ahead(i.major, i.minor) for i in infos}
     if as_json:
         _dump([info_json(i, read_ahead[i.name]) for i in infos])
@@ -621,8 +1036,7 @@ def _targets_json(
     ]
 
 
-@main.command()
-@optional_name
+@main.command(cls=DeviceCommand, every_device=True)
 @target_option
 @inactive_option
 @click.option("--showkeys", is_flag=True, help="Show crypt keys instead of zeros.")
@@ -630,7 +1044,7 @@ def _targets_json(
 @pass_env
 def table(
     env: Environment,
-    name: str | None,
+    device: DeviceRef | None,
     target_type: str | None,
     inactive: bool,
     showkeys: bool,
@@ -641,19 +1055,22 @@ def table(
     \b
     Example:
         dmioctl table vg-thinpool
+        dmioctl table -u LVM-3fcb1e --showkeys
     """
     with env.control() as dm:
-        per_device = [(n, dm.table(n, inactive=inactive)) for n in _names(dm, name)]
+        per_device = [
+            (_name_of(dm, d), dm.table(d.name, uuid=d.uuid, inactive=inactive))
+            for d in _devices(dm, device)
+        ]
     if not showkeys:
         per_device = [(n, [_hide_key(t) for t in targets]) for n, targets in per_device]
     if as_json:
         _dump(_targets_json(per_device, target_type, "params"))
     else:
-        _print_targets(per_device, target_type, prefixed=name is None)
+        _print_targets(per_device, target_type, prefixed=device is None)
 
 
-@main.command()
-@optional_name
+@main.command(cls=DeviceCommand, every_device=True)
 @target_option
 @inactive_option
 @click.option("--noflush", is_flag=True, help="Do not commit thin metadata first.")
@@ -661,7 +1078,7 @@ def table(
 @pass_env
 def status(
     env: Environment,
-    name: str | None,
+    device: DeviceRef | None,
     target_type: str | None,
     inactive: bool,
     noflush: bool,
@@ -675,41 +1092,60 @@ def status(
     """
     with env.control() as dm:
         per_device = [
-            (n, dm.status(n, inactive=inactive, noflush=noflush)) for n in _names(dm, name)
+            (_name_of(dm, d), dm.status(d.name, uuid=d.uuid, inactive=inactive, noflush=noflush))
+            for d in _devices(dm, device)
         ]
     if as_json:
         _dump(_targets_json(per_device, target_type, "status"))
     else:
-        _print_targets(per_device, target_type, prefixed=name is None)
+        _print_targets(per_device, target_type, prefixed=device is None)
 
 
-@main.command()
-@optional_name
+@main.command(cls=DeviceCommand, every_device=True)
+@naming_option
 @json_option
 @pass_env
-def deps(env: Environment, name: str | None, as_json: bool) -> None:
-    """Show the devices that the table of NAME (or of every device) uses, as (major, minor).
+def deps(env: Environment, device: DeviceRef | None, naming: str, as_json: bool) -> None:
+    """Show the devices that the table of NAME (or of every device) uses.
+
+    Each as (major, minor), or with -o devname by name (a device-mapper
+    device's own, another's kernel name), with -o blkdevname by kernel name.
 
     \b
     Example:
-        dmioctl deps vg-thin
+        dmioctl deps -o devname vg-thin
     """
     with env.control() as dm:
-        per_device = [(n, dm.deps(n)) for n in _names(dm, name)]
+        per_device = [
+            (_name_of(dm, d), dm.deps(d.name, uuid=d.uuid)) for d in _devices(dm, device)
+        ]
     if as_json:
         _dump(
-            [
-                {"name": n, "deps": [{"major": ma, "minor": mi} for ma, mi in numbers]}
-                for n, numbers in per_device
-            ]
+            [{"name": n, "deps": [_dep_json(env, *dep) for dep in used]} for n, used in per_device]
         )
         return
     if not per_device:
         click.echo(NO_DEVICES)
-    for device, numbers in per_device:
-        prefix = f"{device}: " if name is None else ""
-        listed = "".join(f" ({ma}, {mi})" for ma, mi in numbers)
-        click.echo(f"{prefix}{len(numbers)} dependencies\t:{listed}")
+    for name, used in per_device:
+        prefix = f"{name}: " if device is None else ""
+        listed = "".join(" " + _dep_label(env, naming, *dep) for dep in used)
+        click.echo(f"{prefix}{len(used)} dependencies\t:{listed}")
+
+
+def _dep_label(env: Environment, naming: str, major: int, minor: int) -> str:
+    """A dependency as ``deps -o naming`` prints it; by number where sysfs has no name."""
+    shown = env.block_names(major, minor).shown(naming)
+    return f"({shown})" if shown else f"({major}, {minor})"
+
+
+def _dep_json(env: Environment, major: int, minor: int) -> dict[str, object]:
+    names = env.block_names(major, minor)
+    return {
+        "major": major,
+        "minor": minor,
+        "name": names.shown("devname"),
+        "kernel_name": names.kernel,
+    }
 
 
 # Commands that change devices
@@ -758,34 +1194,37 @@ def create(
             raise
 
 
-@main.command(name="load")
-@click.argument("name")
+@main.command(name="load", cls=DeviceCommand)
 @table_source
 @readonly_option
 @pass_env
 def load(
-    env: Environment, name: str, file: TextIO | None, table_text: str | None, read_only: bool
+    env: Environment,
+    device: DeviceRef,
+    file: TextIO | None,
+    table_text: str | None,
+    read_only: bool,
 ) -> None:
     """Load a table into the inactive slot of NAME; `resume` makes it live.
 
     \b
     Example:
         dmioctl load data --table '0 409600 linear /dev/loop0 0' && dmioctl resume data
+        dmioctl load -u DATA-1 table.txt
     """
     targets = _read_table(table_text, file)
     with env.control() as dm:
-        dm.load_table(name, targets, read_only=read_only)
+        dm.load_table(device.name, targets, uuid=device.uuid, read_only=read_only)
 
 
 main.add_command(load, name="reload")
 
 
-@main.command()
-@click.argument("name")
+@main.command(cls=DeviceCommand)
 @click.option("--noflush", is_flag=True, help="Keep queued I/O instead of flushing it.")
 @click.option("--nolockfs", is_flag=True, help="Do not freeze the filesystem on the device.")
 @pass_env
-def suspend(env: Environment, name: str, noflush: bool, nolockfs: bool) -> None:
+def suspend(env: Environment, device: DeviceRef, noflush: bool, nolockfs: bool) -> None:
     """Suspend NAME: finish the I/O in flight and hold new I/O until resume.
 
     \b
@@ -793,49 +1232,50 @@ def suspend(env: Environment, name: str, noflush: bool, nolockfs: bool) -> None:
         dmioctl suspend --nolockfs data
     """
     with env.control() as dm:
-        dm.suspend(name, noflush=noflush, skip_lockfs=nolockfs)
+        dm.suspend(device.name, uuid=device.uuid, noflush=noflush, skip_lockfs=nolockfs)
 
 
-@main.command()
-@click.argument("name")
+@main.command(cls=DeviceCommand)
 @pass_env
-def resume(env: Environment, name: str) -> None:
+def resume(env: Environment, device: DeviceRef) -> None:
     """Resume NAME: make a loaded inactive table live and let I/O through.
 
     \b
     Example:
         dmioctl resume data
+        dmioctl resume -u DATA-1
     """
     with env.control() as dm:
-        dm.resume(name)
+        dm.resume(device.name, uuid=device.uuid)
 
 
-def _replace_with_error(dm: DeviceMapper, name: str) -> None:
-    """Make every sector of NAME fail, so that its users let go (remove --force)."""
-    size = sum(t.length for t in dm.table(name))
+def _replace_with_error(dm: DeviceMapper, device: DeviceRef) -> None:
+    """Make every sector of the device fail, so that its users let go (remove --force)."""
+    size = sum(t.length for t in dm.table(device.name, uuid=device.uuid))
     if size:
-        dm.load_table(name, [Target(0, size, "error")])
-        dm.resume(name)
+        dm.load_table(device.name, [Target(0, size, "error")], uuid=device.uuid)
+        dm.resume(device.name, uuid=device.uuid)
 
 
-@main.command()
-@click.argument("name")
+@main.command(cls=DeviceCommand)
 @click.option("-f", "--force", is_flag=True, help="First replace the table with error targets.")
 @click.option("--deferred", is_flag=True, help="If the device is open, remove it on last close.")
 @click.option("--retry", is_flag=True, help="Retry a busy device for about five seconds.")
 @pass_env
-def remove(env: Environment, name: str, force: bool, deferred: bool, retry: bool) -> None:
+def remove(env: Environment, device: DeviceRef, force: bool, deferred: bool, retry: bool) -> None:
     """Remove device NAME and its tables.
 
     \b
     Example:
         dmioctl remove --retry data
+        dmioctl remove -u DATA-1
     """
     with env.control() as dm:
         if force:
-            _replace_with_error(dm, name)
+            _replace_with_error(dm, device)
         dm.remove(
-            name,
+            device.name,
+            uuid=device.uuid,
             deferred=deferred,
             retries=REMOVE_RETRIES - 1 if retry else 0,
             retry_delay=REMOVE_RETRY_DELAY,
@@ -856,34 +1296,37 @@ def remove_all(env: Environment, force: bool, deferred: bool) -> None:
     with env.control() as dm:
         if force:
             for device in dm.list_devices():
-                _replace_with_error(dm, device.name)
+                _replace_with_error(dm, DeviceRef(device.name))
         dm.remove_all(deferred=deferred)
 
 
-@main.command()
-@click.argument("name")
+@main.command(cls=DeviceCommand)
 @click.argument("new")
 @click.option("--setuuid", is_flag=True, help="NEW is a uuid for a device that has none.")
 @pass_env
-def rename(env: Environment, name: str, new: str, setuuid: bool) -> None:
+def rename(env: Environment, device: DeviceRef, new: str, setuuid: bool) -> None:
     """Rename device NAME to NEW, or with --setuuid give it uuid NEW.
+
+    The kernel renames only by name: given -u, dmioctl looks the name up first.
 
     \b
     Example:
         dmioctl rename data data-old
         dmioctl rename data --setuuid DATA-1
+        dmioctl rename -u DATA-1 data-new
     """
     with env.control() as dm:
+        # dm-ioctl.c dm_hash_rename finds the device by name only: ask for it first.
+        name = _name_of(dm, device)
         if setuuid:
             dm.rename(name, new_uuid=new)
         else:
             dm.rename(name, new_name=new)
 
 
-@main.command()
-@click.argument("name")
+@main.command(cls=DeviceCommand)
 @pass_env
-def clear(env: Environment, name: str) -> None:
+def clear(env: Environment, device: DeviceRef) -> None:
     """Drop the table in the inactive slot of NAME.
 
     \b
@@ -891,29 +1334,33 @@ def clear(env: Environment, name: str) -> None:
         dmioctl clear data
     """
     with env.control() as dm:
-        dm.clear_table(name)
+        dm.clear_table(device.name, uuid=device.uuid)
 
 
-@main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
-@click.argument("name")
+@main.command(
+    cls=DeviceCommand,
+    context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
+)
 @click.argument("sector", type=int)
 @click.argument("message", nargs=-1, required=True)
 @pass_env
-def message(env: Environment, name: str, sector: int, message: tuple[str, ...]) -> None:
+def message(env: Environment, device: DeviceRef, sector: int, message: tuple[str, ...]) -> None:
     """Send MESSAGE to the target of NAME that covers SECTOR; print its reply, if any.
+
+    Options, -u among them, go before NAME: the rest is the message.
 
     \b
     Example:
         dmioctl message pool 0 create_thin 1
+        dmioctl message -u POOL-1 0 delete 1
     """
     with env.control() as dm:
-        reply = dm.target_message(name, " ".join(message), sector=sector)
+        reply = dm.target_message(device.name, " ".join(message), uuid=device.uuid, sector=sector)
     if reply:
         click.echo(reply, nl=not reply.endswith("\n"))
 
 
-@main.command()
-@click.argument("name")
+@main.command(cls=DeviceCommand)
 @click.argument("event_nr", type=click.IntRange(min=0), default=0)
 @click.option(
     "--timeout",
@@ -922,7 +1369,7 @@ def message(env: Environment, name: str, sector: int, message: tuple[str, ...]) 
     help="Give up (status 1) when no event comes in time.",
 )
 @pass_env
-def wait(env: Environment, name: str, event_nr: int, timeout: float | None) -> None:
+def wait(env: Environment, device: DeviceRef, event_nr: int, timeout: float | None) -> None:
     """Wait until the event counter of NAME differs from EVENT_NR (default 0).
 
     Take the current number from `dmioctl info` to wait for the next event.
@@ -933,36 +1380,36 @@ def wait(env: Environment, name: str, event_nr: int, timeout: float | None) -> N
     """
     with env.control() as dm:
         if timeout is None:
-            dm.wait(name, event_nr=event_nr)
+            dm.wait(device.name, uuid=device.uuid, event_nr=event_nr)
             return
         deadline = time.monotonic() + timeout
         while True:
             dm.arm_poll()
-            if dm.info(name).event_nr != event_nr:
+            if dm.info(device.name, uuid=device.uuid).event_nr != event_nr:
                 return
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not dm.poll(remaining):
-                raise DMError(f"no event on {name!r} within {timeout:g} s")
+                raise DMError(f"no event on {device} within {timeout:g} s")
 
 
-@main.command()
-@click.argument("name", required=False)
+@main.command(cls=DeviceCommand, every_device=True)
 @pass_env
-def mknodes(env: Environment, name: str | None) -> None:
+def mknodes(env: Environment, device: DeviceRef | None) -> None:
     """Make /dev/mapper nodes match the devices: of NAME, or of all (removing stale ones).
 
     \b
     Example:
         dmioctl mknodes
+        dmioctl mknodes -u DATA-1
     """
     with env.control() as dm:
-        if name:
-            info = dm.info(name)
+        if device is not None:
+            info = dm.info(device.name, uuid=device.uuid)
             nodes.created(info.name, info.major, info.minor)
             return
         devices = dm.list_devices()
-    for device in devices:
-        nodes.created(device.name, device.major, device.minor)
+    for listed in devices:
+        nodes.created(listed.name, listed.major, listed.minor)
     if not nodes.udev_running():
         _remove_stale_nodes({d.name for d in devices})
 

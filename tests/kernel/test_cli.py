@@ -96,6 +96,8 @@ def test_read_commands_print_what_dmsetup_prints(zoo: list[str]) -> None:
             ["info", "-c"],
             ["info", "-c", "--noheadings"],
             ["deps"],
+            ["deps", "-o", "devname"],
+            ["deps", "-o", "blkdevname"],
         ):
             assert dmioctl(*command, name) == dmsetup(*command, name), (command, name)
     for command in (
@@ -103,6 +105,8 @@ def test_read_commands_print_what_dmsetup_prints(zoo: list[str]) -> None:
         ["ls", "--target", "thin"],
         ["ls", "--tree"],
         ["ls", "--tree", "-o", "ascii"],
+        ["ls", "--tree", "-o", "ascii,inverted"],
+        ["ls", "-o", "blkdevname"],
         ["table"],
         ["status"],
         ["status", "--target", "thin-pool"],
@@ -190,6 +194,12 @@ def test_mknodes_restores_a_node(dm: DeviceMapper, prefix: str) -> None:
         (["resume", "{p}nosuch"], None),
         (["rename", "{p}keep", "{p}a/b"], None),
         (["message", "{p}keep", "0", "hello"], None),
+        (["remove", "{p}keep", "-u", "{p}U"], None),
+        (["rename", "{p}keep", "{p}new", "-u", "{p}U"], None),
+        (["suspend"], None),
+        (["remove", "-u", "{p}nosuch"], None),
+        (["load", "-u", "{p}nosuch", "--table", "0 2048 zero"], None),
+        (["info", "-u", ""], None),
     ],
 )
 def test_bad_input_is_one_line_and_changes_nothing(

@@ -5,11 +5,17 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
-from dmioctl import DeviceInfo, DeviceMapper, Target
-from tests.kernel.support import require
+from dmioctl import DeviceInfo, DeviceMapper, Target, loop
+from dmioctl.cli import main
+from dmioctl.loop import LoopDevice
+from dmioctl.nodes import node_path
+from tests.kernel.support import require, sparse_file
 
 pytestmark = pytest.mark.kernel
 
@@ -105,3 +111,106 @@ def test_dmioctl_reads_what_dmsetup_made(dm: DeviceMapper, prefix: str) -> None:
     finally:
         dmsetup("remove", name)
     assert name not in {d.name for d in dm.list_devices()}
+
+
+def dmioctl(*args: str) -> str:
+    """The dmioctl command, in-process like dmsetup off a terminal: stdout is not a tty."""
+    result = CliRunner().invoke(main, list(args))
+    assert result.exit_code == 0, (args, result.output, result.exception)
+    return result.stdout
+
+
+@pytest.fixture
+def backing(tmp_path: Path) -> Iterator[LoopDevice]:
+    """A loop device on a sparse 8 MiB file: a device that is not a device-mapper device."""
+    device = loop.attach(sparse_file(tmp_path / "backing", 8 << 20))
+    yield device
+    loop.detach(device)
+
+
+@pytest.fixture
+def stacked(dm: DeviceMapper, prefix: str, backing: LoopDevice) -> list[str]:
+    """Devices using each other and the loop, in every state the tree decorates.
+
+    base uses the loop; mid and other use base; top uses mid and the loop; a
+    name long enough that its tree line is cut; a suspended one with a uuid, a
+    read-only one, one without a table.
+    """
+    loop_dev = f"{backing.major}:{backing.minor}"
+    long_name = prefix + "l" * (100 - len(prefix))
+    tables = {
+        prefix + "base": [Target(0, 4096, "linear", f"{loop_dev} 0")],
+        prefix + "mid": [Target(0, 2048, "linear", f"{node_path(prefix + 'base')} 0")],
+        prefix + "other": [Target(0, 1024, "linear", f"{node_path(prefix + 'base')} 2048")],
+        prefix + "top": [
+            Target(0, 1024, "linear", f"{node_path(prefix + 'mid')} 0"),
+            Target(1024, 1024, "linear", f"{loop_dev} 8192"),
+        ],
+        long_name: [Target(0, 1024, "linear", f"{node_path(prefix + 'top')} 0")],
+        prefix + "susp": [Target(0, 1024, "zero")],
+        prefix + "ro": [Target(0, 1024, "error")],
+    }
+    for name, targets in tables.items():
+        dm.create(name, uuid=prefix + "U-susp" if name.endswith("susp") else "")
+        dm.load_table(name, targets, read_only=name.endswith("ro"))
+        dm.resume(name)
+    dm.suspend(prefix + "susp")
+    dm.create(prefix + "empty")
+    return [*tables, prefix + "empty"]
+
+
+def test_deps_and_ls_name_devices_as_dmsetup(stacked: list[str]) -> None:
+    for naming in ("devno", "devname", "blkdevname", "blk"):
+        for name in stacked:
+            command = ["deps", "-o", naming, name]
+            assert dmioctl(*command) == dmsetup(*command), command
+        assert dmioctl("deps", "-o", naming) == dmsetup("deps", "-o", naming), naming
+        assert dmioctl("ls", "-o", naming) == dmsetup("ls", "-o", naming), naming
+    # What the names look like: a dm device's name, else the kernel's.
+    top = stacked[3]
+    assert dmioctl("deps", "-o", "devname", top).startswith("2 dependencies\t: (")
+    assert f"({stacked[1]})" in dmioctl("deps", "-o", "devname", top)
+    assert "(loop" in dmioctl("deps", "-o", "devname", top)
+    assert "(dm-" in dmioctl("deps", "-o", "blkdevname", top)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        [],
+        ["-o", "ascii"],
+        ["-o", "utf"],
+        ["-o", "vt100"],
+        ["-o", "inverted"],
+        ["-o", "ascii,inverted"],
+        ["-o", "compact"],
+        ["-o", "ascii,compact,inverted"],
+        ["-o", "active,open,rw,uuid"],
+        ["-o", "ascii,inverted,rw,open"],
+        ["-o", "ascii,blkdevname"],
+        ["-o", "blkdevname,nodevice"],
+        ["-o", "ascii,nodevice"],
+        ["-o", "notrunc"],
+        ["-o", "inv,comp,as"],
+    ],
+)
+def test_ls_tree_draws_as_dmsetup(stacked: list[str], options: list[str]) -> None:
+    assert dmioctl("ls", "--tree", *options) == dmsetup("ls", "--tree", *options)
+
+
+def test_ls_tree_cuts_long_lines_as_dmsetup(stacked: list[str]) -> None:
+    long_name = stacked[4]
+    cut = [line for line in dmsetup("ls", "--tree").splitlines() if line.endswith("...")]
+    assert cut, "no tree line was long enough to be cut"
+    assert long_name not in dmioctl("ls", "--tree")
+    assert long_name in dmioctl("ls", "--tree", "-o", "notrunc")
+
+
+def test_read_commands_by_uuid_as_dmsetup(dm: DeviceMapper, prefix: str) -> None:
+    name, uuid = prefix + "byuuid", prefix + "UUID-1"
+    dm.create(name, uuid=uuid)
+    dm.load_table(name, TARGETS)
+    dm.resume(name)
+    for command in (["info"], ["info", "-c"], ["table"], ["status"], ["deps"]):
+        assert dmioctl(*command, "-u", uuid) == dmsetup(*command, "-u", uuid), command
+        assert dmioctl(*command, "-u", uuid) == dmioctl(*command, name), command

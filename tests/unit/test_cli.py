@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,7 +14,13 @@ import pytest
 from click.testing import CliRunner, Result
 
 from dmioctl import cli
-from dmioctl.control import DeviceInfo, ListedDevice, TargetVersion, validate_name
+from dmioctl.control import (
+    DeviceInfo,
+    ListedDevice,
+    TargetVersion,
+    validate_name,
+    validate_uuid,
+)
 from dmioctl.errors import DeviceBusy, DeviceExists, DMError, InvalidArgument, NoSuchDevice
 from dmioctl.table import Target, validate
 from dmioctl.uapi.dm import DMFlag
@@ -58,7 +65,14 @@ class FakeDM:
         self.devices[name] = device
         return device
 
-    def _get(self, command: str, name: str) -> FakeDevice:
+    def _get(self, command: str, name: str, uuid: str = "") -> FakeDevice:
+        """The device by name or (as the kernel, in preference) by uuid."""
+        if uuid:
+            validate_uuid(uuid)
+            found = [d for d in self.devices.values() if d.uuid == uuid]
+            if not found:
+                raise NoSuchDevice(command, f"uuid {uuid}", errno.ENXIO)
+            return found[0]
         validate_name(name)
         if name not in self.devices:
             raise NoSuchDevice(command, name, errno.ENXIO)
@@ -90,22 +104,25 @@ class FakeDM:
             ListedDevice(d.name, 254, d.minor, d.event_nr, d.uuid) for d in self.devices.values()
         ]
 
-    def info(self, name: str) -> DeviceInfo:
-        return self._info(self._get("DM_DEV_STATUS", name))
+    def info(self, name: str = "", *, uuid: str = "") -> DeviceInfo:
+        return self._info(self._get("DM_DEV_STATUS", name, uuid))
 
-    def table(self, name: str, *, inactive: bool = False) -> list[Target]:
-        d = self._get("DM_TABLE_STATUS", name)
+    def table(self, name: str = "", *, uuid: str = "", inactive: bool = False) -> list[Target]:
+        d = self._get("DM_TABLE_STATUS", name, uuid)
         return list((d.inactive if inactive else d.live) or [])
 
-    def status(self, name: str, *, inactive: bool = False, noflush: bool = False) -> list[Target]:
-        self.calls.append(f"status {name} noflush={noflush}")
+    def status(
+        self, name: str = "", *, uuid: str = "", inactive: bool = False, noflush: bool = False
+    ) -> list[Target]:
+        d = self._get("DM_TABLE_STATUS", name, uuid)
+        self.calls.append(f"status {d.name} noflush={noflush}")
         return [
-            Target(t.start, t.length, t.target_type, self._get("", name).status.get(t.params, ""))
-            for t in self.table(name, inactive=inactive)
+            Target(t.start, t.length, t.target_type, d.status.get(t.params, ""))
+            for t in self.table(d.name, inactive=inactive)
         ]
 
-    def deps(self, name: str) -> list[tuple[int, int]]:
-        device = self._get("DM_TABLE_DEPS", name)
+    def deps(self, name: str = "", *, uuid: str = "") -> list[tuple[int, int]]:
+        device = self._get("DM_TABLE_DEPS", name, uuid)
         # As the kernel: no live table, no dependencies reported.
         return list(device.deps) if device.live is not None else []
 
@@ -119,64 +136,91 @@ class FakeDM:
         return self._info(self.add(name, uuid=uuid))
 
     def load_table(
-        self, name: str, targets: list[Target], *, read_only: bool = False
+        self,
+        name: str = "",
+        targets: Sequence[Target] = (),
+        *,
+        uuid: str = "",
+        read_only: bool = False,
     ) -> DeviceInfo:
-        d = self._get("DM_TABLE_LOAD", name)
+        d = self._get("DM_TABLE_LOAD", name, uuid)
         validate(targets)
         if self.refuse_load:
             raise DMError(f"DM_TABLE_LOAD on {name!r} failed: EINVAL (Invalid argument)")
-        self.calls.append(f"load {name} {[t.line() for t in targets]} ro={read_only}")
+        self.calls.append(f"load {d.name} {[t.line() for t in targets]} ro={read_only}")
         d.inactive = list(targets)
         return self._info(d)
 
-    def resume(self, name: str) -> DeviceInfo:
-        d = self._get("DM_DEV_SUSPEND", name)
-        self.calls.append(f"resume {name}")
+    def resume(self, name: str = "", *, uuid: str = "") -> DeviceInfo:
+        d = self._get("DM_DEV_SUSPEND", name, uuid)
+        self.calls.append(f"resume {d.name}")
         if d.inactive is not None:
             d.live, d.inactive = d.inactive, None
         d.suspended = False
         return self._info(d)
 
-    def suspend(self, name: str, *, noflush: bool = False, skip_lockfs: bool = False) -> None:
-        self._get("DM_DEV_SUSPEND", name).suspended = True
-        self.calls.append(f"suspend {name} noflush={noflush} skip_lockfs={skip_lockfs}")
+    def suspend(
+        self,
+        name: str = "",
+        *,
+        uuid: str = "",
+        noflush: bool = False,
+        skip_lockfs: bool = False,
+    ) -> None:
+        d = self._get("DM_DEV_SUSPEND", name, uuid)
+        d.suspended = True
+        self.calls.append(f"suspend {d.name} noflush={noflush} skip_lockfs={skip_lockfs}")
 
     def remove(
-        self, name: str, *, deferred: bool = False, retries: int = 0, retry_delay: float = 0.2
+        self,
+        name: str = "",
+        *,
+        uuid: str = "",
+        deferred: bool = False,
+        retries: int = 0,
+        retry_delay: float = 0.2,
     ) -> None:
-        self._get("DM_DEV_REMOVE", name)
-        self.calls.append(f"remove {name} deferred={deferred} retries={retries}")
+        d = self._get("DM_DEV_REMOVE", name, uuid)
+        self.calls.append(f"remove {d.name} deferred={deferred} retries={retries}")
         if self.busy_removes > retries:
-            raise DeviceBusy("DM_DEV_REMOVE", name, errno.EBUSY)
-        del self.devices[name]
+            raise DeviceBusy("DM_DEV_REMOVE", d.name, errno.EBUSY)
+        del self.devices[d.name]
 
     def remove_all(self, *, deferred: bool = False) -> None:
         self.calls.append(f"remove_all deferred={deferred}")
         self.devices = {n: d for n, d in self.devices.items() if d.open_count}
 
-    def rename(self, name: str, *, new_name: str = "", new_uuid: str = "") -> None:
+    def rename(
+        self, name: str = "", *, uuid: str = "", new_name: str = "", new_uuid: str = ""
+    ) -> None:
+        if not name:  # as dm-ioctl.c dm_hash_rename: by name only
+            raise NoSuchDevice("DM_DEV_RENAME", f"uuid {uuid}", errno.ENXIO)
         d = self._get("DM_DEV_RENAME", name)
-        self.calls.append(f"rename {name} new_name={new_name!r} new_uuid={new_uuid!r}")
+        self.calls.append(f"rename {d.name} new_name={new_name!r} new_uuid={new_uuid!r}")
         if new_name:
             validate_name(new_name)
+            self.devices[new_name] = self.devices.pop(d.name)
             d.name = new_name
-            self.devices[new_name] = self.devices.pop(name)
         else:
             d.uuid = new_uuid
 
-    def clear_table(self, name: str) -> None:
-        self._get("DM_TABLE_CLEAR", name).inactive = None
-        self.calls.append(f"clear {name}")
+    def clear_table(self, name: str = "", *, uuid: str = "") -> None:
+        d = self._get("DM_TABLE_CLEAR", name, uuid)
+        d.inactive = None
+        self.calls.append(f"clear {d.name}")
 
-    def target_message(self, name: str, message: str, *, sector: int = 0) -> str | None:
-        self._get("DM_TARGET_MSG", name)
+    def target_message(
+        self, name: str = "", message: str = "", *, uuid: str = "", sector: int = 0
+    ) -> str | None:
+        d = self._get("DM_TARGET_MSG", name, uuid)
         if sector < 0:
             raise InvalidArgument(f"message sector {sector} must not be negative")
-        self.calls.append(f"message {name} {sector} {message!r}")
+        self.calls.append(f"message {d.name} {sector} {message!r}")
         return self.replies.get(message)
 
-    def wait(self, name: str, *, event_nr: int = 0) -> None:
-        self.calls.append(f"wait {name} {event_nr}")
+    def wait(self, name: str = "", *, uuid: str = "", event_nr: int = 0) -> None:
+        d = self._get("DM_DEV_WAIT", name, uuid)
+        self.calls.append(f"wait {d.name} {event_nr}")
 
     def arm_poll(self) -> None:
         self.calls.append("arm_poll")
@@ -193,10 +237,30 @@ def fake() -> FakeDM:
     return FakeDM()
 
 
-def run(fake: FakeDM, *args: str, stdin: str | None = None, read_ahead: int = 256) -> Result:
+def fake_block_names(fake: FakeDM, major: int, minor: int) -> cli.BlockNames:
+    """sysfs as it would be: dm devices are dm-N on major 254, loops loopN on 7; else unknown."""
+    if major == 254:
+        names = [d.name for d in fake.devices.values() if d.minor == minor]
+        return cli.BlockNames(f"dm-{minor}", names[0] if names else None)
+    if major == 7:
+        return cli.BlockNames(f"loop{minor}", None)
+    return cli.BlockNames(None, None)
+
+
+def run(
+    fake: FakeDM,
+    *args: str,
+    stdin: str | None = None,
+    read_ahead: int = 256,
+    columns: int | None = None,
+    utf8: bool = True,
+) -> Result:
     env = cli.Environment(
         open_control=lambda: fake,  # type: ignore[arg-type,return-value]
         read_ahead=lambda major, minor: read_ahead if read_ahead else None,
+        block_names=lambda major, minor: fake_block_names(fake, major, minor),
+        terminal_columns=lambda: columns,
+        utf8=lambda: utf8,
     )
     return CliRunner().invoke(cli.main, list(args), obj=env, input=stdin)
 
@@ -299,13 +363,27 @@ def test_ls_tree(stack: FakeDM) -> None:
     )
 
 
-def test_ls_tree_branches(fake: FakeDM) -> None:
+def test_ls_tree_bad_option(fake: FakeDM) -> None:
+    result = run(fake, "ls", "--tree", "-o", "ascii,vt200")
+    assert result.exit_code == 2
+    assert "unknown tree option 'vt200'; known: device, blkdevname, nodevice," in result.stderr
+    # Words dmsetup accepts but draws nothing for are refused rather than ignored.
+    assert run(fake, "ls", "--tree", "-o", "table").exit_code == 2
+
+
+@pytest.fixture
+def branches(fake: FakeDM) -> FakeDM:
+    """b uses a and c; a uses two loops, c one; d has no table (so uses nothing)."""
     table = [Target(0, 8, "linear", "7:0 0")]
-    fake.add("a", table, deps=[(7, 0), (7, 1)])
-    fake.add("b", table, deps=[(254, 0), (254, 2)])
-    fake.add("c", table, deps=[(7, 2)])
+    fake.add("a", table, deps=[(7, 0), (7, 1)], open_count=1)
+    fake.add("b", table, deps=[(254, 0), (254, 2)], uuid="B-1")
+    fake.add("c", table, deps=[(7, 2)], suspended=True, read_only=True)
     fake.add("d", deps=[(7, 3)])  # no live table: no dependencies
-    assert ok(run(fake, "ls", "--tree", "-o", "ascii")) == (
+    return fake
+
+
+def test_ls_tree_branches(branches: FakeDM) -> None:
+    assert ok(run(branches, "ls", "--tree", "-o", "ascii")) == (
         "b (254:1)\n"
         " |-a (254:0)\n"
         " |  |- (7:0)\n"
@@ -316,10 +394,125 @@ def test_ls_tree_branches(fake: FakeDM) -> None:
     )
 
 
-def test_ls_tree_bad_option(fake: FakeDM) -> None:
-    result = run(fake, "ls", "--tree", "-o", "vt100")
-    assert result.exit_code == 2
-    assert "the tree options are ascii and utf" in result.stderr
+def test_ls_tree_inverted(branches: FakeDM) -> None:
+    """Each device over its users; the devices that use none first, in the order met."""
+    expected = (
+        " (7:0)\n"
+        " `-a (254:0)\n"
+        "    `-b (254:1)\n"
+        " (7:1)\n"
+        " `-a (254:0)\n"
+        "    `-b (254:1)\n"
+        " (7:2)\n"
+        " `-c (254:2)\n"
+        "    `-b (254:1)\n"
+        "d (254:3)\n"
+    )
+    assert ok(run(branches, "ls", "--tree", "-o", "ascii,inverted")) == expected
+    assert ok(run(branches, "ls", "--tree", "-o", "as,inv")) == expected
+    tree = json.loads(ok(run(branches, "ls", "--tree", "-o", "inverted", "--json")))
+    assert [(t["name"], t["minor"]) for t in tree] == [(None, 0), (None, 1), (None, 2), ("d", 3)]
+    assert tree[2]["children"] == [
+        {
+            "name": "c",
+            "major": 254,
+            "minor": 2,
+            "children": [{"name": "b", "major": 254, "minor": 1, "children": []}],
+        }
+    ]
+
+
+def test_ls_tree_inverted_orders_users_as_met(fake: FakeDM) -> None:
+    """Users of a device come in the order a name-ordered, depth-first walk meets them."""
+    table = [Target(0, 8, "linear", "7:0 0")]
+    fake.add("z-top", table, deps=[(254, 2), (7, 0)])
+    fake.add("m-mid", table, deps=[(7, 0)])
+    fake.add("a-low", table, deps=[(254, 1)])
+    assert ok(run(fake, "ls", "--tree", "-o", "ascii,inverted")) == (
+        " (7:0)\n |-m-mid (254:1)\n |  `-a-low (254:2)\n |     `-z-top (254:0)\n `-z-top (254:0)\n"
+    )
+
+
+def test_ls_tree_compact(branches: FakeDM) -> None:
+    """A first child on its parent's line; later lines indented by what each level drew."""
+    assert ok(run(branches, "ls", "--tree", "-o", "ascii,compact")) == (
+        "b (254:1)-+-a (254:0)-+- (7:0)\n"
+        "          | " + " " * 13 + "`- (7:1)\n"
+        "          `-c (254:2)--- (7:2)\n"
+        "d (254:3)\n"
+    )
+    assert ok(run(branches, "ls", "--tree", "-o", "compact")).splitlines()[0] == (
+        "b (254:1)\u2500\u252c\u2500a (254:0)\u2500\u252c\u2500 (7:0)"
+    )
+
+
+def test_ls_tree_attributes(branches: FakeDM) -> None:
+    """active, rw, open and uuid in dmsetup's order; none on a non-dm device; no compact."""
+    out = ok(run(branches, "ls", "--tree", "-o", "ascii,uuid,open,rw,active,compact"))
+    assert out == (
+        "b (254:1) [ACTIVE, RW, 0, B-1]\n"
+        " |-a (254:0) [ACTIVE, RW, 1, ]\n"
+        " |  |- (7:0)\n"
+        " |  `- (7:1)\n"
+        " `-c (254:2) [SUSPENDED, RO, 0, ]\n"
+        "    `- (7:2)\n"
+        "d (254:3) [ACTIVE, RW, 0, ]\n"
+    )
+    assert ok(run(branches, "ls", "--tree", "-o", "ascii,uuid")).splitlines()[1] == (
+        " |-a (254:0) []"
+    )
+
+
+def test_ls_tree_device_naming(branches: FakeDM) -> None:
+    assert ok(run(branches, "ls", "--tree", "-o", "ascii,blkdevname")).splitlines()[:3] == [
+        "b <dm-1> (254:1)",
+        " |-a <dm-0> (254:0)",
+        " |  |- <loop0> (7:0)",
+    ]
+    assert ok(run(branches, "ls", "--tree", "-o", "ascii,blkdevname,nodevice")).splitlines()[
+        :3
+    ] == ["b <dm-1>", " |-a <dm-0>", " |  |- <loop0>"]
+    # With neither, a device that is not a dm device is left out; its siblings are
+    # drawn as if it were there, as dmsetup draws them.
+    assert ok(run(branches, "ls", "--tree", "-o", "ascii,nodevice")) == ("b\n |-a\n `-c\nd\n")
+
+
+def test_ls_tree_character_sets(stack: FakeDM) -> None:
+    assert ok(run(stack, "ls", "--tree", utf8=False)) == ok(
+        run(stack, "ls", "--tree", "-o", "ascii")
+    )
+    assert ok(run(stack, "ls", "--tree", "-o", "ascii,utf", utf8=False)) == ok(
+        run(stack, "ls", "--tree")
+    )
+    vt100 = ok(run(stack, "ls", "--tree", "-o", "vt100")).splitlines()
+    assert vt100[2] == " \033(0\017mq\033(Bmid (254:0)"
+
+
+def test_ls_tree_truncates_long_lines(fake: FakeDM) -> None:
+    fake.add("x" * 90, [Target(0, 1, "zero")])
+    fake.add("y" * 72, [Target(0, 1, "zero")])  # 72 + " (254:1)" = 80: fits
+    fake.add("z" * 79 + "\u00e9", [Target(0, 1, "zero")])
+    lines = ok(run(fake, "ls", "--tree")).splitlines()
+    assert lines[0] == "x" * 79 + "..."
+    assert lines[1] == "y" * 72 + " (254:1)"
+    assert ok(run(fake, "ls", "--tree", "-o", "nodevice")).splitlines()[2] == "z" * 79 + "..."
+    # On a terminal, 3 short of its width; vt100 drawing does not ask it.
+    assert ok(run(fake, "ls", "--tree", columns=43)).splitlines()[1] == "y" * 39 + "..."
+    assert ok(run(fake, "ls", "--tree", "-o", "vt100", columns=43)).splitlines()[1] == (
+        "y" * 72 + " (254:1)"
+    )
+    assert ok(run(fake, "ls", "--tree", "-o", "notrunc")).splitlines()[0] == (
+        "x" * 90 + " (254:0)"
+    )
+
+
+def test_ls_naming(stack: FakeDM) -> None:
+    assert ok(run(stack, "ls", "-o", "blkdevname")) == (
+        "a-empty\t(dm-2)\nmid\t(dm-0)\ntop\t(dm-1)\nzero\t(dm-3)\n"
+    )
+    assert ok(run(stack, "ls", "-o", "devname")).splitlines()[1] == "mid\t(mid)"
+    assert ok(run(stack, "ls", "-o", "blkdevname,devno")) == ok(run(stack, "ls"))
+    assert run(stack, "ls", "-o", "ascii").exit_code == 2
 
 
 def test_ls_json(stack: FakeDM) -> None:
@@ -491,8 +684,35 @@ def test_deps(stack: FakeDM) -> None:
         "zero: 0 dependencies\t:\n"
     )
     assert json.loads(ok(run(stack, "deps", "--json", "top"))) == [
-        {"name": "top", "deps": [{"major": 254, "minor": 0}]}
+        {
+            "name": "top",
+            "deps": [{"major": 254, "minor": 0, "name": "mid", "kernel_name": "dm-0"}],
+        }
     ]
+    assert json.loads(ok(run(stack, "deps", "--json", "mid")))[0]["deps"] == [
+        {"major": 7, "minor": 0, "name": "loop0", "kernel_name": "loop0"}
+    ]
+
+
+def test_deps_naming(stack: FakeDM) -> None:
+    """devname: a dm device's name, another's kernel name; blkdevname: kernel names."""
+    assert ok(run(stack, "deps", "-o", "devname", "top")) == "1 dependencies\t: (mid)\n"
+    assert ok(run(stack, "deps", "-o", "devname", "mid")) == "1 dependencies\t: (loop0)\n"
+    assert ok(run(stack, "deps", "-o", "blkdevname", "top")) == "1 dependencies\t: (dm-0)\n"
+    assert ok(run(stack, "deps", "-o", "blk", "top")) == "1 dependencies\t: (dm-0)\n"
+    assert ok(run(stack, "deps", "-o", "devname,devno", "top")) == "1 dependencies\t: (254, 0)\n"
+    assert ok(run(stack, "deps", "-o", "devname")) == (
+        "a-empty: 0 dependencies\t:\n"
+        "mid: 1 dependencies\t: (loop0)\n"
+        "top: 1 dependencies\t: (mid)\n"
+        "zero: 0 dependencies\t:\n"
+    )
+    # A device sysfs does not know is shown by number.
+    stack.devices["mid"].deps = [(8, 16)]
+    assert ok(run(stack, "deps", "-o", "devname", "mid")) == "1 dependencies\t: (8, 16)\n"
+    result = run(stack, "deps", "-o", "name", "mid")
+    assert result.exit_code == 2
+    assert "unknown option 'name'; known: devno, blkdevname, devname" in result.stderr
 
 
 # Errors
@@ -733,3 +953,114 @@ def test_usage_error_is_click_status_2(fake: FakeDM) -> None:
     assert result.exit_code == 2
     assert "Missing argument 'NAME'" in result.stderr
     assert isinstance(cli.main, click.Group)
+
+
+# Naming a device by uuid
+
+
+def test_read_commands_by_uuid(stack: FakeDM) -> None:
+    assert ok(run(stack, "info", "-u", "UUID-TOP")) == ok(run(stack, "info", "top"))
+    assert ok(run(stack, "table", "--uuid", "UUID-TOP")) == ok(run(stack, "table", "top"))
+    assert ok(run(stack, "status", "-u", "UUID-TOP")) == ok(run(stack, "status", "top"))
+    assert ok(run(stack, "deps", "-u", "UUID-TOP", "-o", "devname")) == (
+        "1 dependencies\t: (mid)\n"
+    )
+    for command in ("info", "table", "status", "deps"):
+        by_uuid = json.loads(ok(run(stack, command, "--json", "-u", "UUID-TOP")))
+        assert by_uuid == json.loads(ok(run(stack, command, "--json", "top"))), command
+        assert by_uuid[0]["name"] == "top"
+
+
+def test_changes_by_uuid(stack: FakeDM, tmp_path: Path) -> None:
+    ok(run(stack, "suspend", "-u", "UUID-TOP", "--nolockfs"))
+    ok(run(stack, "resume", "-u", "UUID-TOP"))
+    (tmp_path / "t").write_text("0 16 zero\n")
+    ok(run(stack, "load", "-u", "UUID-TOP", str(tmp_path / "t")))
+    ok(run(stack, "clear", "-u", "UUID-TOP"))
+    ok(run(stack, "reload", "-u", "UUID-TOP", "--table", "0 8 error"))
+    ok(run(stack, "resume", "-u", "UUID-TOP"))
+    ok(run(stack, "message", "-u", "UUID-TOP", "0", "hello", "-x"))
+    ok(run(stack, "wait", "-u", "UUID-TOP", "3"))
+    ok(run(stack, "rename", "-u", "UUID-TOP", "renamed"))
+    assert stack.calls == [
+        "suspend top noflush=False skip_lockfs=True",
+        "resume top",
+        "load top ['0 16 zero'] ro=False",
+        "clear top",
+        "load top ['0 8 error'] ro=False",
+        "resume top",
+        "message top 0 'hello -x'",
+        "wait top 3",
+        "rename top new_name='renamed' new_uuid=''",
+    ]
+    assert stack.devices["renamed"].live == [Target(0, 8, "error")]
+    ok(run(stack, "remove", "-f", "-u", "UUID-TOP"))
+    assert stack.calls[-3:] == [
+        "load renamed ['0 8 error'] ro=False",
+        "resume renamed",
+        "remove renamed deferred=False retries=0",
+    ]
+    assert "renamed" not in stack.devices
+
+
+def test_wait_timeout_by_uuid(stack: FakeDM) -> None:
+    assert fails(run(stack, "wait", "-u", "UUID-TOP", "0", "--timeout", "0")) == (
+        "dmioctl: no event on uuid 'UUID-TOP' within 0 s"
+    )
+
+
+def test_mknodes_by_uuid(stack: FakeDM, monkeypatch: pytest.MonkeyPatch) -> None:
+    made: list[tuple[str, int, int]] = []
+    monkeypatch.setattr(cli.nodes, "created", lambda n, ma, mi: made.append((n, ma, mi)))
+    ok(run(stack, "mknodes", "-u", "UUID-TOP"))
+    assert made == [("top", 254, 1)]
+
+
+def test_create_uuid_is_the_new_devices(fake: FakeDM) -> None:
+    ok(run(fake, "create", "d", "--uuid", "NEW-1", "--table", "0 1 zero"))
+    assert fake.devices["d"].uuid == "NEW-1"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["info", "top", "-u", "UUID-TOP"],
+        ["table", "-u", "UUID-TOP", "top"],
+        ["suspend", "top", "-u", "UUID-TOP"],
+        ["remove", "top", "--uuid", "UUID-TOP"],
+        ["rename", "top", "new", "-u", "UUID-TOP"],
+        ["wait", "top", "3", "-u", "UUID-TOP"],
+        ["load", "top", "file", "-u", "UUID-TOP"],
+    ],
+)
+def test_name_and_uuid_together_is_one_line(stack: FakeDM, args: list[str]) -> None:
+    assert fails(run(stack, *args)) == ("dmioctl: name the device by NAME or by -u UUID, not both")
+    assert stack.calls == []
+    assert stack.devices["top"].live is not None
+
+
+@pytest.mark.parametrize(
+    "command", ["suspend", "resume", "remove", "clear", "load", "reload", "wait"]
+)
+def test_no_device_is_one_line(stack: FakeDM, command: str) -> None:
+    assert fails(run(stack, command, stdin="0 1 zero\n")) == (
+        "dmioctl: no device given: name it by NAME or by -u UUID"
+    )
+    assert stack.calls == []
+
+
+def test_bad_or_unknown_uuid_is_one_line(stack: FakeDM) -> None:
+    assert fails(run(stack, "info", "-u", "")).startswith("dmioctl: uuid '' must be 1 to 128")
+    assert fails(run(stack, "remove", "-u", "NOSUCH")) == (
+        "dmioctl: DM_DEV_REMOVE on 'uuid NOSUCH' failed: ENXIO (No such device or address)"
+    )
+    assert fails(run(stack, "info", "")).startswith("dmioctl: device name '' must be")
+    assert stack.calls == []
+
+
+def test_help_shows_name_or_uuid(fake: FakeDM) -> None:
+    out = ok(run(fake, "rename", "--help"))
+    assert "Usage: dmioctl rename [OPTIONS] NAME NEW" in out
+    assert "-u, --uuid UUID" in out
+    assert "Usage: dmioctl info [OPTIONS] [NAME]" in ok(run(fake, "info", "--help"))
+    assert "the uuid" not in ok(run(fake, "create", "--help")).lower().split("-u, --uuid")[0]
