@@ -317,6 +317,13 @@ class FieldReader:
             raise self.error(field, f"{value} is larger than {maximum}")
         return value
 
+    def uint_or_dash(self, field: str, maximum: int = MAX_UINT64) -> int | None:
+        """The next field as :meth:`uint`, or None where the kernel prints ``-`` for none."""
+        if self.peek() == "-":
+            self.position += 1
+            return None
+        return self.uint(field, maximum)
+
     def ratio(self, field: str) -> tuple[int, int]:
         """The next field as ``used/total``."""
         text = self.word(field)

@@ -114,10 +114,6 @@ def parse_status(text: str) -> ThinStatus | ThinUnavailable:
         return ThinUnavailable(state)
     fields = FieldReader("thin status", text)
     mapped = fields.uint("nr mapped sectors", MAX_SECTORS)
-    if fields.peek() == "-":
-        fields.word("highest mapped sector")
-        highest = None
-    else:
-        highest = fields.uint("highest mapped sector", MAX_SECTORS)
+    highest = fields.uint_or_dash("highest mapped sector", MAX_SECTORS)
     fields.end()
     return ThinStatus(mapped, highest)

@@ -230,11 +230,7 @@ def parse_status(text: str) -> ThinPoolStatus | ThinPoolUnavailable:
     transaction_id = fields.uint("transaction id")
     used_metadata, total_metadata = fields.ratio("used/total metadata blocks")
     used_data, total_data = fields.ratio("used/total data blocks")
-    if fields.peek() == "-":
-        fields.word("held metadata root")
-        held_root = None
-    else:
-        held_root = fields.uint("held metadata root")
+    held_root = fields.uint_or_dash("held metadata root")
     mode = fields.choice("mode", PoolMode)
     discard = fields.choice("discard", DiscardMode)
     no_space = fields.choice("no space policy", NoSpacePolicy)
