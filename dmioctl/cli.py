@@ -82,6 +82,7 @@ from dmioctl.control import (
 )
 from dmioctl.errors import DMError, InvalidArgument
 from dmioctl.table import Target, parse_table, validate
+from dmioctl.targets import BUILDERS, from_target
 
 log = logging.getLogger(__name__)
 
@@ -384,6 +385,11 @@ def _read_table(table_text: str | None, file: TextIO | None) -> list[Target]:
     if not targets:
         raise InvalidArgument("the table is empty (create takes --notable for no table)")
     validate(targets)
+    for target in targets:
+        # A target type with a builder here is held to it, so that a wrong field is
+        # named before the kernel refuses it with EINVAL; other types go verbatim.
+        if target.target_type in BUILDERS:
+            from_target(target)
     return targets
 
 

@@ -790,6 +790,14 @@ def test_create_notable(fake: FakeDM) -> None:
         ("0 2048\n", "table line 1: target type: missing"),
         ("0 10 zero\n20 10 zero\n", "starts at sector 20, expected 10"),
         ("", "the table is empty"),
+        ("0 8 thin-pool /dev/a /dev/b 100 0", "data block size 100 sectors is not a multiple"),
+        (
+            "0 8 thin-pool /dev/a /dev/b 128 0 5 read_only skip_block_zeroing ignore_discard "
+            "no_discard_passdown error_if_no_space",
+            "number of feature args: 5 is larger than 4",
+        ),
+        ("0 8 thin 253:0 16777216", "device id"),
+        ("0 8 linear /dev/a", "offset: missing"),
     ],
 )
 def test_create_bad_table_changes_nothing(fake: FakeDM, table: str, message: str) -> None:
@@ -797,6 +805,11 @@ def test_create_bad_table_changes_nothing(fake: FakeDM, table: str, message: str
     assert message in line
     assert fake.calls == []
     assert fake.devices == {}
+
+
+def test_create_keeps_unknown_target_types_verbatim(fake: FakeDM) -> None:
+    run(fake, "create", "d", "--table", "0 8 someday-target any  params\n")
+    assert fake.devices["d"].live == [Target(0, 8, "someday-target", "any  params")]
 
 
 def test_create_name_too_long(fake: FakeDM) -> None:
