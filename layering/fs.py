@@ -11,6 +11,7 @@ import ctypes
 import errno
 import logging
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -112,13 +113,25 @@ def detect(device: str) -> str:
 
 
 def mounts_of(device: str) -> list[str]:
-    """Mount points of ``device``, from /proc/self/mountinfo (by major:minor)."""
+    """Mount points of ``device``, from /proc/self/mountinfo (by major:minor).
+
+    The kernel prints them with symbolic links resolved and with blank, tab,
+    newline and backslash as octal escapes (fs/proc_namespace.c show_mountinfo),
+    which are decoded here.
+    """
     rdev = os.stat(device).st_rdev
-    wanted = f"{os.major(rdev)}:{os.minor(rdev)}"
+    wanted = f"{os.major(rdev)}:{os.minor(rdev)}".encode()
     points = []
-    with open("/proc/self/mountinfo") as info:
+    with open("/proc/self/mountinfo", "rb") as info:
         for line in info:
             fields = line.split()
             if fields[2] == wanted:
-                points.append(fields[4])
+                points.append(os.fsdecode(_OCTAL_ESCAPE.sub(_unescape, fields[4])))
     return points
+
+
+_OCTAL_ESCAPE = re.compile(rb"\\([0-7]{3})")
+
+
+def _unescape(match: re.Match[bytes]) -> bytes:
+    return bytes([int(match.group(1), 8)])

@@ -56,6 +56,7 @@ DEFAULT_BASE_BYTES = 10 * GiB
 #: New layers are refused below this fraction of free pool space (as Docker did).
 DEFAULT_MIN_FREE = 0.10
 CRASH_ENV = "DMSNAP_CRASH_AT"
+_UNFINISHED_INIT = "{root}: an init that did not finish was cleaned up; run 'dmsnap init' again"
 #: The kind of finding that says a check could not run (a tool is missing): not a mismatch.
 SKIPPED = "skipped"
 
@@ -114,6 +115,7 @@ class Graph:
             if store.pool() is not None:
                 raise LayeringError(f"{root} holds a store already")
             pool = Pool(root, dm, config)
+            pool.refuse_existing()
             files = config.metadata_device is None
             store.set_pool(
                 PoolRecord(
@@ -124,14 +126,19 @@ class Graph:
                     data_block_size_sectors=config.block_sectors,
                 )
             )
-            pool.create()
             graph = cls(store, pool)
-            base = Layer(new_layer_id(), LayerKind.BASE, None, 0, base_bytes, name="base")
-            with graph._operation("init", {"fstype": fstype}, add=[base]) as op:
-                graph._step(op, "create_thin")
-                pool.create_thin(0)
-                with graph._active(base) as device:
-                    fs.mkfs(device, fstype)
+            try:
+                pool.create()
+                base = Layer(new_layer_id(), LayerKind.BASE, None, 0, base_bytes, name="base")
+                with graph._operation("init", {"fstype": fstype}, add=[base]) as op:
+                    graph._step(op, "create_thin")
+                    pool.create_thin(0)
+                    with graph._active(base) as device:
+                        fs.mkfs(device, fstype)
+            except BaseException:
+                log.debug("init of %s failed: removing what it made", root)
+                graph._abandon()
+                raise
         return graph
 
     @classmethod
@@ -140,14 +147,23 @@ class Graph:
         if not (root / "metadata.db").exists():
             raise NotInitialised(f"{root} holds no store; run 'dmsnap init' first")
         store = Store.open(root)
-        record = store.pool()
-        if record is None:
-            raise NotInitialised(f"{root} holds no pool; run 'dmsnap init' first")
-        pool = Pool(root, dm, _config(record))
-        graph = cls(store, pool)
         with store.exclusive():
+            record = store.pool()
+            if record is None:
+                store.close()
+                raise NotInitialised(f"{root} holds no pool; run 'dmsnap init' first")
+            if not store.layers():
+                # A crash cut init short before its journal entry: its pool may be half made.
+                cls(store, Pool(root, dm, _leftover_config(record)))._abandon()
+                raise NotInitialised(_UNFINISHED_INIT.format(root=root))
+            pool = Pool(root, dm, _config(record))
+            graph = cls(store, pool)
             pool.activate()
             graph._reconcile()
+            if not store.layers(LayerKind.BASE):
+                # The interrupted init was rolled back: only its empty pool is left.
+                graph._abandon()
+                raise NotInitialised(_UNFINISHED_INIT.format(root=root))
         return graph
 
     def close(self) -> None:
@@ -210,7 +226,7 @@ class Graph:
                 raise InvalidInput(f"{image} is a container; commit it to an image first")
             size = self._size(parent, size_bytes)
             layer_id = new_layer_id()
-            where = (mount or self.root / "containers" / layer_id).absolute()
+            where = self._mount_point(mount) if mount else self.root / "containers" / layer_id
             layer = Layer(
                 layer_id,
                 LayerKind.CONTAINER,
@@ -464,7 +480,11 @@ class Graph:
             for layer in self.store.layers(LayerKind.CONTAINER):
                 if layer.mount is not None and os.path.ismount(layer.mount):
                     fs.umount(layer.mount)
-            self.pool.destroy()
+            self._abandon()
+
+    def _abandon(self) -> None:
+        """Tear the pool down, delete its files and the store: the root is as before init."""
+        self.pool.destroy()
         self.store.close()
         for leftover in ("metadata.db", "metadata.db-wal", "metadata.db-shm", "lock"):
             (self.root / leftover).unlink(missing_ok=True)
@@ -487,6 +507,8 @@ class Graph:
         With ``gate`` (operations that add a layer), refuse with OutOfSpace first when
         the pool is below the free-space minimum.
         """
+        # An operation another process (or a failed one of this) left open goes first.
+        self._reconcile()
         record = self.store.pool()
         assert record is not None
         # One status read serves the free-space gate (for new layers) and the check.
@@ -498,16 +520,20 @@ class Graph:
                 f"{record.transaction_id}; run 'dmsnap fsck'"
             )
         op = self.store.begin(name, args, record.transaction_id + 1, add=add, remove=remove)
-        try:
-            yield op
-            self._step(op, "commit")
-            self.pool.set_transaction_id(op.previous_transaction_id, op.planned_transaction_id)
+        # An error the settling below cannot mend leaves the operation open, for the
+        # next operation or open to reconcile.
+        with op:
+            try:
+                yield op
+                self._step(op, "commit")
+                self.pool.set_transaction_id(op.previous_transaction_id, op.planned_transaction_id)
+            except BaseException:
+                log.debug("%s failed: settling it by the pool's transaction id", name)
+                self._settle(op)
+                raise
+            # Past the commit point the kernel has the operation: it is only completed.
             self._step(op, "committed")
-        except BaseException:
-            log.debug("%s failed: rolling back", name)
-            self._undo(op)
-            raise
-        self._finish(op)
+            self._finish(op)
 
     def _finish(self, op: Operation) -> None:
         """After the commit point: what a removal still has to do, then close the journal."""
@@ -536,14 +562,17 @@ class Graph:
 
     def _reconcile(self) -> None:
         op = self.store.interrupted()
-        if op is None:
-            return
+        if op is not None:
+            self._settle(op)
+
+    def _settle(self, op: Operation) -> None:
+        """Complete ``op`` if the pool's transaction id says the kernel committed it, else undo."""
         actual = self.pool.usage().transaction_id
         if op.outcome(actual) is Outcome.APPLIED:
-            log.debug("interrupted %s committed in the kernel: completing it", op.name)
+            log.debug("%s committed in the kernel: completing it", op.name)
             self._finish(op)
         else:
-            log.debug("interrupted %s not committed: rolling it back", op.name)
+            log.debug("%s not committed: rolling it back", op.name)
             self._undo(op)
 
     def _remove_one(self, layer: Layer) -> None:
@@ -635,6 +664,23 @@ class Graph:
             )
         return size_bytes
 
+    def _mount_point(self, mount: Path) -> Path:
+        """``mount`` resolved, if a container may be mounted there; else InvalidInput.
+
+        Refused: a path that is mounted on already, is not an empty directory, or is
+        the root, inside it or above it (the store and the pool files live there).
+        """
+        where = mount.resolve()
+        if where == self.root or where in self.root.parents or self.root in where.parents:
+            raise InvalidInput(
+                f"mount point {mount} is {self.root}, inside or above it; choose another"
+            )
+        if os.path.ismount(where):
+            raise InvalidInput(f"mount point {mount} has a file system mounted on it already")
+        if where.exists() and (not where.is_dir() or any(where.iterdir())):
+            raise InvalidInput(f"mount point {mount} exists and is not an empty directory")
+        return where
+
     @staticmethod
     def _step(op: Operation, name: str) -> None:
         op.step(name)
@@ -659,6 +705,16 @@ def _config(record: PoolRecord) -> PoolConfig:
         metadata_bytes=record.metadata.stat().st_size,
         block_bytes=block_bytes,
     )
+
+
+def _leftover_config(record: PoolRecord) -> PoolConfig:
+    """A configuration that finds a pool's devices and files to remove them, sizes aside.
+
+    The files of an init cut short may be missing or partly made, so they are not read.
+    """
+    if record.backing is PoolBacking.DEVICES:
+        return PoolConfig(data_device=str(record.data), metadata_device=str(record.metadata))
+    return PoolConfig()
 
 
 def _size_of(path: Path) -> int:

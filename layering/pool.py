@@ -153,28 +153,47 @@ class Pool:
             return False
         return True
 
-    def create(self) -> None:
-        """Make the files (if used), attach them, and start a new, empty pool.
+    def refuse_existing(self) -> None:
+        """Raise :class:`PoolError` if this root has a pool already, or the metadata device data.
 
-        Raises:
-            PoolError: a pool of this root is active already, or the given
-                metadata device holds data (a pool not made here).
+        Checks what :meth:`create` would otherwise overwrite or adopt, before anything is made.
         """
         if self.exists():
             raise PoolError(f"pool {self.name} is active already")
         if self.config.metadata_device is None:
-            (self.root / "pool").mkdir(parents=True, exist_ok=True)
-            for path, size in (
-                (self.metadata_file, self.config.metadata_bytes),
-                (self.data_file, self.config.data_bytes),
-            ):
+            for path in (self.metadata_file, self.data_file):
                 if path.exists():
                     raise PoolError(f"{path} exists: the root holds a pool already")
-                with path.open("wb") as f:
-                    f.truncate(size)
         else:
             _require_blank(self.config.metadata_device)
-        self.activate()
+
+    def create(self) -> None:
+        """Make the files (if used), attach them, and start a new, empty pool.
+
+        What it made is removed again when a step fails.
+
+        Raises:
+            PoolError: as :meth:`refuse_existing`; or a file cannot be made that large.
+        """
+        self.refuse_existing()
+        try:
+            if self.config.metadata_device is None:
+                (self.root / "pool").mkdir(parents=True, exist_ok=True)
+                for path, size in (
+                    (self.metadata_file, self.config.metadata_bytes),
+                    (self.data_file, self.config.data_bytes),
+                ):
+                    with path.open("xb") as f:
+                        try:
+                            f.truncate(size)
+                        except OSError as exc:
+                            raise PoolError(
+                                f"cannot make {path} {size} bytes long: {exc.strerror}"
+                            ) from exc
+            self.activate()
+        except BaseException:
+            self.destroy()
+            raise
 
     def activate(self) -> None:
         """Start the pool on its devices unless it runs: after a reboot, loops and table come back.

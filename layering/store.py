@@ -537,6 +537,8 @@ class Store:
         """
         root = Path(root).absolute()
         root.mkdir(parents=True, exist_ok=True)
+        # Resolved, as the kernel names mount points: those under the root compare equal.
+        root = root.resolve()
         lock = _root_lock(root)
         path = root / DB_NAME
         with lock.hold(None):

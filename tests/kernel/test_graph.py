@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 
 from dmioctl import DeviceMapper
-from layering.graph import Graph
+from layering.errors import InvalidInput
+from layering.graph import Graph, NotInitialised
 from layering.layers import UnsafeTarball
-from layering.pool import MiB, PoolConfig
+from layering.pool import MiB, PoolConfig, root_tag
 from layering.store import Busy, HasChildren, LayerKind, LayerState
 from tests.kernel.support import require, tar_bytes
 
@@ -287,3 +288,122 @@ def test_space_per_layer_and_deactivate(graph: Graph, dm: DeviceMapper) -> None:
     again = Graph.open(graph.root, dm)
     graph.store = again.store
     assert (again.mount("c").mount or Path("/")).joinpath("own").stat().st_size == 4 * MiB
+
+
+def leftovers(dm: DeviceMapper, root: Path) -> list[str]:
+    """What of a root's pool is still there: its devices and its pool files."""
+    prefix = f"dmsnap-{root_tag(root)}-"
+    devices = [d.name for d in dm.list_devices() if d.name.startswith(prefix)]
+    files = sorted(str(p.relative_to(root)) for p in root.glob("pool/*"))
+    return devices + files
+
+
+def test_failed_init_leaves_the_root_as_it_was(dm: DeviceMapper, tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    # mkfs.ext4 refuses a device of 8 sectors: the pool and the thin device are made by then.
+    with pytest.raises(Exception, match="mkfs"):
+        Graph.init(root, dm, CONFIG, base_bytes=4096)
+    assert leftovers(dm, root) == []
+    assert not (root / "metadata.db").exists()
+    graph = Graph.init(root, dm, CONFIG, base_bytes=BASE)
+    try:
+        assert [layer.name for layer in graph.layers()] == ["base"]
+    finally:
+        check_metadata(graph)
+        graph.destroy()
+
+
+@pytest.mark.parametrize("step", ["create_thin", "commit", "committed"])
+def test_crash_during_init_is_reconciled(dm: DeviceMapper, tmp_path: Path, step: str) -> None:
+    root = tmp_path / "store"
+    code = (
+        "from pathlib import Path; from dmioctl import DeviceMapper; from layering.graph import "
+        "Graph; from layering.pool import MiB, PoolConfig;"
+        f"Graph.init(Path({str(root)!r}), DeviceMapper(), PoolConfig(data_bytes=1024 * MiB, "
+        f"metadata_bytes=16 * MiB), base_bytes={BASE})"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=dict(os.environ, DMSNAP_CRASH_AT=step),
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 70, result.stderr
+
+    if step == "committed":
+        # The kernel has the base: opening completes the init.
+        graph = Graph.open(root, dm)
+    else:
+        with pytest.raises(NotInitialised, match="did not finish was cleaned up"):
+            Graph.open(root, dm)
+        assert leftovers(dm, root) == []
+        graph = Graph.init(root, dm, CONFIG, base_bytes=BASE)
+    try:
+        assert [layer.state for layer in graph.layers()] == [LayerState.READY]
+        record = graph.store.pool()
+        assert record is not None and graph.usage().transaction_id == record.transaction_id
+    finally:
+        check_metadata(graph)
+        graph.destroy()
+
+
+def test_failure_after_the_commit_point_completes_the_operation(
+    graph: Graph, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    graph.import_layer(tarball({"f": b"f"}), name="img")
+
+    def interrupted(op: object) -> None:
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(graph, "_finish", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            graph.create_container("img", name="c")
+    # The kernel committed it, so it was not undone; the next operation completes it.
+    other = graph.create_container("img", name="d")
+    assert {layer.name: layer.state for layer in graph.layers(LayerKind.CONTAINER)} == {
+        "c": LayerState.READY,
+        "d": LayerState.READY,
+    }
+    record = graph.store.pool()
+    assert record is not None and graph.usage().transaction_id == record.transaction_id
+    assert other.mount is not None and os.path.ismount(other.mount)
+
+
+def test_mount_points_with_blanks_and_behind_symlinks(graph: Graph, tmp_path: Path) -> None:
+    graph.import_layer(tarball({"f": b"f"}), name="img")
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    for where in (tmp_path / "with blank\tand tab", tmp_path / "link" / "c"):
+        container = graph.create_container("img", mount=where)
+        assert container.mount is not None and (container.mount / "f").read_text() == "f"
+        graph.umount(container.id)
+        assert not os.path.ismount(where)
+        graph.mount(container.id)
+        assert os.path.ismount(where)
+        graph.remove(container.id)
+        assert not os.path.ismount(where)
+
+
+def test_unsafe_mount_points_are_refused_before_anything_changes(
+    graph: Graph, tmp_path: Path
+) -> None:
+    graph.import_layer(tarball({"f": b"f"}), name="img")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("x")
+    taken = graph.create_container("img", name="taken", mount=tmp_path / "taken")
+    assert taken.mount is not None
+    before = graph.layers()
+    record = graph.store.pool()
+    for where, reason in [
+        (graph.root, "inside or above"),
+        (graph.root / "pool", "inside or above"),
+        (tmp_path, "inside or above"),
+        (tmp_path / "full", "not an empty directory"),
+        (taken.mount, "mounted on it already"),
+    ]:
+        with pytest.raises(InvalidInput, match=reason):
+            graph.create_container("img", mount=where)
+    assert graph.layers() == before
+    assert graph.store.pool() == record
