@@ -83,6 +83,7 @@ from dmioctl.control import (
 from dmioctl.errors import DMError, InvalidArgument
 from dmioctl.table import Target, parse_table, validate
 from dmioctl.targets import BUILDERS, from_target
+from dmioctl.uapi.dm import kernel_bytes
 
 log = logging.getLogger(__name__)
 
@@ -399,7 +400,7 @@ def _dump(data: object) -> None:
 
 def _by_name(devices: Sequence[ListedDevice]) -> list[ListedDevice]:
     """Devices in dmsetup's order: by name, bytewise."""
-    return sorted(devices, key=lambda d: d.name.encode(errors="surrogateescape"))
+    return sorted(devices, key=lambda d: kernel_bytes(d.name))
 
 
 def _devices(dm: DeviceMapper, device: DeviceRef | None) -> list[DeviceRef]:
@@ -537,7 +538,7 @@ def ls_command(
     naming = "devno" if tree else _last_naming(options)
     graph = None
     with env.control() as dm:
-        devices = _by_name(dm.list_devices())
+        devices = listed = _by_name(dm.list_devices())
         if target_type is not None:
             devices = [d for d in devices if _has_target(dm, d.name, target_type)]
         elif style is not None:
@@ -547,11 +548,11 @@ def ls_command(
             _dump([graph.node_json(root, style.inverted) for root in graph.roots(style.inverted)])
         else:
             _dump([_listed_json(d) for d in devices])
+    elif not listed:
+        click.echo(NO_DEVICES)
     elif target_type is not None:
         for d in devices:
             click.echo(f"{d.name}\t({d.major}, {d.minor})")
-    elif not devices:
-        click.echo(NO_DEVICES)
     elif graph is not None and style is not None:
         width = _tree_width(env, style)
         for line in _TreeDrawing(graph, style, env.block_names, width).draw():
@@ -1313,8 +1314,6 @@ def remove_all(env: Environment, force: bool, deferred: bool) -> None:
 def rename(env: Environment, device: DeviceRef, new: str, setuuid: bool) -> None:
     """Rename device NAME to NEW, or with --setuuid give it uuid NEW.
 
-    The kernel renames only by name: given -u, dmioctl looks the name up first.
-
     \b
     Example:
         dmioctl rename data data-old
@@ -1322,12 +1321,10 @@ def rename(env: Environment, device: DeviceRef, new: str, setuuid: bool) -> None
         dmioctl rename -u DATA-1 data-new
     """
     with env.control() as dm:
-        # dm-ioctl.c dm_hash_rename finds the device by name only: ask for it first.
-        name = _name_of(dm, device)
         if setuuid:
-            dm.rename(name, new_uuid=new)
+            dm.rename(device.name, uuid=device.uuid, new_uuid=new)
         else:
-            dm.rename(name, new_name=new)
+            dm.rename(device.name, uuid=device.uuid, new_name=new)
 
 
 @main.command(cls=DeviceCommand)

@@ -31,8 +31,6 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from construct import CString
-
 from dmioctl import nodes, udev
 from dmioctl.errors import DeviceBusy, DMError, InvalidArgument
 from dmioctl.ioctl import NO_FLAGS, Reply, cstring, issue
@@ -45,6 +43,7 @@ from dmioctl.uapi.dm import (
     DM_UUID_LEN,
     DMCommand,
     DMFlag,
+    KernelCString,
     dm_name_list,
     dm_name_list_trailer,
     dm_target_deps,
@@ -52,6 +51,7 @@ from dmioctl.uapi.dm import (
     dm_target_spec,
     dm_target_versions,
     flat_codec,
+    kernel_bytes,
 )
 
 log = logging.getLogger(__name__)
@@ -142,7 +142,7 @@ def available() -> bool:
 
 def validate_name(name: str) -> None:
     """Check a device name: 1 to 127 bytes, no '/', no NUL, not '.' or '..'."""
-    encoded = name.encode(errors="surrogateescape")
+    encoded = kernel_bytes(name)
     if not encoded or len(encoded) >= DM_NAME_LEN:
         raise InvalidArgument(
             f"device name {name!r} must be 1 to {DM_NAME_LEN - 1} bytes, is {len(encoded)}"
@@ -153,7 +153,7 @@ def validate_name(name: str) -> None:
 
 def validate_uuid(uuid: str) -> None:
     """Check a uuid: 1 to 128 bytes, no NUL."""
-    encoded = uuid.encode(errors="surrogateescape")
+    encoded = kernel_bytes(uuid)
     if not encoded or len(encoded) >= DM_UUID_LEN or b"\0" in encoded:
         raise InvalidArgument(f"uuid {uuid!r} must be 1 to {DM_UUID_LEN - 1} bytes without NUL")
 
@@ -295,6 +295,8 @@ class DeviceMapper:
 
         Exactly one of ``new_name`` and ``new_uuid``; ``new_uuid`` uses
         DM_UUID_FLAG, which the kernel allows only while the device has no uuid.
+        A device given by ``uuid`` costs a DM_DEV_STATUS first: dm-ioctl.c
+        dm_hash_rename finds the device by name only.
 
         Raises:
             UdevTimeout: the device was renamed but udev did not finish in time.
@@ -304,16 +306,18 @@ class DeviceMapper:
             raise InvalidArgument("rename takes exactly one of new_name and new_uuid")
         if new_name:
             validate_name(new_name)
-            payload, flags = new_name.encode() + b"\0", DMFlag(0)
+            payload, flags = kernel_bytes(new_name) + b"\0", DMFlag(0)
         else:
             validate_uuid(new_uuid)
-            payload, flags = new_uuid.encode() + b"\0", DMFlag.DM_UUID_FLAG
-        issued = self._issue_with_cookie(DMCommand.DM_DEV_RENAME_CMD, name, uuid, flags, payload)
+            payload, flags = kernel_bytes(new_uuid) + b"\0", DMFlag.DM_UUID_FLAG
+        if not name:
+            name = self.info(uuid=uuid).name
+        issued = self._issue_with_cookie(DMCommand.DM_DEV_RENAME_CMD, name, "", flags, payload)
         info = _info(issued.reply)
         if self.manage_nodes and not issued.synced and new_name:
             nodes.renamed(info.name, new_name, info.major, info.minor, udev=issued.udev)
         # The reply carries the name and uuid as sent: ask for the new ones.
-        return self.info(new_name) if new_name else self.info(name, uuid=uuid)
+        return self.info(new_name) if new_name else self.info(name)
 
     def suspend(
         self, name: str = "", *, uuid: str = "", noflush: bool = False, skip_lockfs: bool = False
@@ -395,13 +399,20 @@ class DeviceMapper:
     def set_geometry(
         self, name: str, cylinders: int, heads: int, sectors: int, start: int
     ) -> None:
-        """DM_DEV_SET_GEOMETRY: set the CHS geometry reported for the device."""
+        """DM_DEV_SET_GEOMETRY: set the CHS geometry reported for the device.
+
+        The limits are dm-ioctl.c dev_set_geometry's: cylinders up to 65535, heads
+        and sectors up to 255, and a start sector that fits an unsigned long.
+        """
         validate_name(name)
-        for label, value in (("cylinders", cylinders), ("heads", heads), ("sectors", sectors)):
-            if value < 0:
-                raise InvalidArgument(f"geometry {label} {value} must not be negative")
-        if start < 0:
-            raise InvalidArgument(f"geometry start {start} must not be negative")
+        for label, value, top in (
+            ("cylinders", cylinders, 0xFFFF),
+            ("heads", heads, 0xFF),
+            ("sectors", sectors, 0xFF),
+            ("start", start, 2**64 - 1),
+        ):
+            if not 0 <= value <= top:
+                raise InvalidArgument(f"geometry {label} {value} must be between 0 and {top}")
         payload = f"{cylinders} {heads} {sectors} {start}".encode() + b"\0"
         issue(self.fd, DMCommand.DM_DEV_SET_GEOMETRY_CMD, name=name, payload=payload)
 
@@ -521,7 +532,7 @@ class DeviceMapper:
         )
         if DMFlag.DM_DATA_OUT_FLAG not in reply.flags:
             return None
-        return str(CString("utf8").parse(reply.data))
+        return str(KernelCString.parse(reply.data))
 
     def _issue_with_cookie(
         self,
@@ -661,14 +672,14 @@ def _parse_name_list(reply: Reply) -> list[ListedDevice]:
         if not record.dev and not record.name:
             return devices
         record_end = offset + record.next if record.next else end
-        trailer_at = _align8(offset + _NAME_LIST_HEAD + len(record.name.encode()) + 1)
+        trailer_at = _align8(offset + _NAME_LIST_HEAD + len(kernel_bytes(record.name)) + 1)
         event_nr: int | None = None
         uuid: str | None = None
         if trailer_at + dm_name_list_trailer.sizeof() <= record_end:
             trailer = dm_name_list_trailer.parse(reply.buffer[trailer_at:])
             if trailer.flags & DM_NAME_LIST_FLAG_HAS_UUID:
                 uuid_at = trailer_at + dm_name_list_trailer.sizeof()
-                uuid = CString("utf8").parse(reply.buffer[uuid_at:record_end])
+                uuid = KernelCString.parse(reply.buffer[uuid_at:record_end])
             elif trailer.flags & DM_NAME_LIST_FLAG_DOESNT_HAVE_UUID:
                 uuid = ""
             if uuid is not None:

@@ -23,6 +23,8 @@ from dmioctl.uapi.dm import (
     DMFlag,
     dm_ioctl,
     flat_codec,
+    kernel_bytes,
+    kernel_text,
 )
 
 log = logging.getLogger(__name__)
@@ -106,7 +108,7 @@ class Reply(NamedTuple):
         """A reply from its field values, as tests and recorded replies make them."""
         size = len(buffer) if data_size is None else data_size
         fields = (*version, size, data_start, target_count, open_count, int(flags), event_nr, dev)
-        return cls((*fields, name.encode(), uuid.encode()), buffer)
+        return cls((*fields, kernel_bytes(name), kernel_bytes(uuid)), buffer)
 
     @property
     def version(self) -> tuple[int, int, int]:
@@ -197,8 +199,8 @@ def issue(
             points at the kernel log, where the target says why.
         DMError: the reply does not fit in :data:`MAX_BUFFER_SIZE`.
     """
-    name_bytes = name.encode()
-    uuid_bytes = uuid.encode()
+    name_bytes = kernel_bytes(name)
+    uuid_bytes = kernel_bytes(uuid)
     secure = int(flags) & _SECURE
     if buffer_size is None:
         buffer_size = _fitted_size.get(command, INITIAL_BUFFER_SIZE)
@@ -286,7 +288,7 @@ _as_flags = functools.lru_cache(maxsize=256)(DMFlag)
 
 def cstring(raw: bytes) -> str:
     """The text of a NUL-padded fixed-size field."""
-    return raw.split(b"\0", 1)[0].decode(errors="surrogateescape")
+    return kernel_text(raw.split(b"\0", 1)[0])
 
 
 def _wipe(buffer: bytearray) -> None:

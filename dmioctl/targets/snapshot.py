@@ -94,7 +94,11 @@ class Snapshot(TargetBuilder):
             raise InvalidArgument(f"{what}: persistence must be a Persistence")
         check_uint(what, "chunk size", self.chunk_size_sectors, MAX_UINT32)
         size = self.chunk_size_sectors
-        if size == 0 or size & (size - 1):
+        # 0 lets a persistent store keep the chunk size its header has, or take the
+        # default (dm-exception-store.c set_chunk_size, dm-snap-persistent.c read_header).
+        if size == 0 and self.persistence is Persistence.TRANSIENT:
+            raise InvalidArgument(f"{what}: chunk size 0 needs a persistent store (P or PO)")
+        if size & (size - 1):
             raise InvalidArgument(f"{what}: chunk size {size} is not a power of two")
         if self.discard_passdown_origin and not self.discard_zeroes_cow:
             raise InvalidArgument(f"{what}: discard_passdown_origin needs discard_zeroes_cow")

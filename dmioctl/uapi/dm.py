@@ -17,14 +17,16 @@ import struct
 from dataclasses import dataclass
 
 from construct import (
+    Adapter,
     Array,
     Bytes,
     Construct,
-    CString,
     FormatField,
+    GreedyBytes,
     Int32sn,
     Int32un,
     Int64un,
+    NullTerminated,
     PaddedString,
     Padding,
     Struct,
@@ -72,12 +74,40 @@ dm_target_deps = Struct(
     "dev" / Array(lambda this: this.count, Int64un),  # out
 )
 
+
+def kernel_bytes(text: str) -> bytes:
+    """``text`` as the kernel gets it: UTF-8, with surrogate escapes back to their bytes."""
+    return text.encode("utf-8", "surrogateescape")
+
+
+def kernel_text(raw: bytes) -> str:
+    """Bytes from the kernel as text: UTF-8, with any other byte as a surrogate escape."""
+    return raw.decode("utf-8", "surrogateescape")
+
+
+class _KernelText(Adapter):  # type: ignore[misc]
+    """A NUL-terminated string as the kernel keeps it: bytes, UTF-8 only by convention.
+
+    Bytes that are not UTF-8 (a name dmsetup made with ``--manglename none``) decode
+    to surrogate escapes and encode back to the same bytes.
+    """
+
+    def _decode(self, obj: bytes, context: object, path: str) -> str:
+        return kernel_text(obj)
+
+    def _encode(self, obj: str, context: object, path: str) -> bytes:
+        return kernel_bytes(obj)
+
+
+#: A NUL-terminated kernel string (names, uuids, target types, messages).
+KernelCString = _KernelText(NullTerminated(GreedyBytes))
+
 #: struct dm_name_list: one device of DM_LIST_DEVICES.  Newer kernels follow the
 #: name, aligned to 8 bytes, with :data:`dm_name_list_trailer` and the uuid.
 dm_name_list = Struct(
     "dev" / Int64un,  # out
     "next" / Int32un,  # out: offset of the next record from the start of this one
-    "name" / CString("utf8"),  # out
+    "name" / KernelCString,  # out
 )
 
 #: The fields after a dm_name_list's name, at the next 8-byte boundary.
@@ -93,13 +123,13 @@ DM_NAME_LIST_FLAG_DOESNT_HAVE_UUID = 2
 dm_target_versions = Struct(
     "next" / Int32un,  # out: offset of the next record from the start of this one
     "version" / Array(3, Int32un),  # out
-    "name" / CString("utf8"),  # in/out
+    "name" / KernelCString,  # in/out
 )
 
 #: struct dm_target_msg: a message for the target covering ``sector``.
 dm_target_msg = Struct(
     "sector" / Int64un,  # in
-    "message" / CString("utf8"),  # in
+    "message" / KernelCString,  # in
 )
 
 

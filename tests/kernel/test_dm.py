@@ -167,6 +167,21 @@ def test_rename_and_set_uuid(dm: DeviceMapper, prefix: str) -> None:
     with pytest.raises(IoctlError):
         dm.rename(new, new_uuid=prefix + "again")  # a uuid cannot change once set
 
+    # Named by uuid: the kernel renames by name only, so the name is looked up.
+    by_uuid = prefix + "byuuid"
+    assert dm.rename(uuid=prefix + "set", new_name=by_uuid).name == by_uuid
+    assert os.path.exists(node_path(by_uuid)) and not os.path.lexists(node_path(new))
+
+
+def test_a_name_that_is_not_utf8(dm: DeviceMapper, prefix: str) -> None:
+    name = prefix + b"x\xffy".decode("utf-8", "surrogateescape")
+    make_zero(dm, name)
+    assert name in {d.name for d in dm.list_devices()}
+    assert dm.info(name).name == name
+    assert os.path.exists(node_path(name))
+    dm.remove(name)
+    assert not os.path.lexists(node_path(name))
+
 
 def test_deps(dm: DeviceMapper, prefix: str) -> None:
     lower = prefix + "lower"
@@ -263,8 +278,10 @@ def test_message_and_geometry(dm: DeviceMapper, prefix: str) -> None:
     assert dm.target_message(name, f"@stats_delete {created.strip()}") is None
 
     dm.set_geometry(name, 1, 2, 4, 0)
-    with pytest.raises(InvalidArgument):
-        dm.set_geometry(name, -1, 2, 4, 0)
+    for bad in [(-1, 2, 4, 0), (65536, 2, 4, 0), (1, 256, 4, 0), (1, 2, 256, 0), (1, 2, 4, -1)]:
+        with pytest.raises(InvalidArgument):
+            dm.set_geometry(name, *bad)
+    dm.set_geometry(name, 65535, 255, 255, 0)  # the kernel's largest
 
 
 def test_list_versions_and_target_version(dm: DeviceMapper) -> None:

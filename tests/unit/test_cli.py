@@ -193,9 +193,7 @@ class FakeDM:
     def rename(
         self, name: str = "", *, uuid: str = "", new_name: str = "", new_uuid: str = ""
     ) -> None:
-        if not name:  # as dm-ioctl.c dm_hash_rename: by name only
-            raise NoSuchDevice("DM_DEV_RENAME", f"uuid {uuid}", errno.ENXIO)
-        d = self._get("DM_DEV_RENAME", name)
+        d = self._get("DM_DEV_RENAME", name, uuid)
         self.calls.append(f"rename {d.name} new_name={new_name!r} new_uuid={new_uuid!r}")
         if new_name:
             validate_name(new_name)
@@ -348,6 +346,10 @@ def test_ls_without_devices(fake: FakeDM) -> None:
 def test_ls_target_uses_dmsetups_comma_format(stack: FakeDM) -> None:
     assert ok(run(stack, "ls", "--target", "linear")) == "mid\t(254, 0)\ntop\t(254, 1)\n"
     assert ok(run(stack, "ls", "--target", "thin")) == ""
+
+
+def test_ls_target_without_devices_says_so_as_dmsetup(fake: FakeDM) -> None:
+    assert ok(run(fake, "ls", "--target", "zero")) == "No devices found\n"
 
 
 def test_ls_tree(stack: FakeDM) -> None:

@@ -65,6 +65,17 @@ def test_parse_name_list_before_uuids() -> None:
     ]
 
 
+def test_names_that_are_not_utf8_keep_their_bytes() -> None:
+    # dmsetup --manglename none can make one; each byte comes back as a surrogate escape.
+    name = b"x\xffy".decode("utf-8", "surrogateescape")
+    record = struct.pack("=QI", os.makedev(253, 9), 0) + b"x\xffy\0"
+    record += struct.pack("=II", 1, 2)
+    (device,) = _parse_name_list(reply(record))
+    assert device.name == name and device.uuid == ""
+    validate_name(name)
+    assert Reply.build(b"", name=name).name == name
+
+
 def test_parse_empty_name_list() -> None:
     assert _parse_name_list(reply(bytes(16))) == []
 

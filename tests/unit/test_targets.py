@@ -75,6 +75,7 @@ EXAMPLES: list[tuple[TargetBuilder, str]] = [
     (SnapshotOrigin("7:0"), "7:0"),
     (Snapshot("7:0", "7:1", Persistence.PERSISTENT, 16), "7:0 7:1 P 16"),
     (Snapshot("7:0", "7:1", Persistence.TRANSIENT, 8), "7:0 7:1 N 8"),
+    (Snapshot("7:0", "7:1", Persistence.PERSISTENT, 0), "7:0 7:1 P 0"),
     (
         Snapshot("7:0", "7:1", Persistence.PERSISTENT_OVERFLOW, 32, discard_zeroes_cow=True),
         "7:0 7:1 PO 32 1 discard_zeroes_cow",
@@ -202,7 +203,7 @@ BAD_BUILDERS: list[tuple[Any, tuple[Any, ...], dict[str, Any], str]] = [
     (Thin, ("253:0", -1), {}, "device id"),
     (Thin, ("253:0", 1, "origin"), {}, "external origin"),
     (Snapshot, ("7:0", "7:1", Persistence.PERSISTENT, 24), {}, "power of two"),
-    (Snapshot, ("7:0", "7:1", Persistence.PERSISTENT, 0), {}, "power of two"),
+    (Snapshot, ("7:0", "7:1", Persistence.TRANSIENT, 0), {}, "needs a persistent store"),
     (Snapshot, ("7:0", "7:1", "P", 16), {}, "Persistence"),
     (
         Snapshot,
