@@ -91,6 +91,12 @@ _CHUNK = 1 << 20
 _HOLE = 64 << 10  # runs of zeros this long, aligned, are not written
 _NS = 10**9
 _MAX_NS = 2**63 - 1
+#: Limits of the system calls the second pass makes (linux/limits.h, linux/xattr.h):
+#: a path component, an xattr name and value, and a uid or gid.
+_NAME_MAX = 255
+_XATTR_NAME_MAX = 255
+_XATTR_SIZE_MAX = 65536
+_MAX_ID = 2**32 - 1
 
 #: ``progress(done_bytes, total_bytes)``: bytes of file data written so far.
 Progress = Callable[[int, int], None]
@@ -294,7 +300,25 @@ def _split(name: str, member: str) -> str:
     parts = [part for part in name.split("/") if part not in ("", ".")]
     if ".." in parts:
         raise UnsafeTarball(member, "has a '..' component")
+    for part in parts:
+        if len(part.encode("utf-8", "surrogateescape")) > _NAME_MAX:
+            raise CorruptTarball(f"has a name component longer than {_NAME_MAX} bytes", member)
     return "/".join(parts)
+
+
+def _check_header(info: tarfile.TarInfo) -> None:
+    """Refuse header values that the system calls of the second pass would reject."""
+    for field, value in (("uid", info.uid), ("gid", info.gid)):
+        # (uid_t)-1 means "leave unchanged" to chown, so it is no owner either.
+        if not 0 <= value < _MAX_ID:
+            raise CorruptTarball(f"has {field} {value}, outside 0..{_MAX_ID - 1}", info.name)
+    if info.ischr() or info.isblk():
+        # The kernel's dev_t: 12 bits of major, 20 of minor (include/linux/kdev_t.h).
+        if not (0 <= info.devmajor < 1 << 12 and 0 <= info.devminor < 1 << 20):
+            raise CorruptTarball(
+                f"is a device {info.devmajor}:{info.devminor}, outside the kernel's numbers",
+                info.name,
+            )
 
 
 def _prefixes(path: str) -> Iterator[str]:
@@ -343,9 +367,15 @@ def _xattrs(info: tarfile.TarInfo) -> tuple[tuple[str, bytes], ...]:
         if not key.startswith(XATTR_PAX_PREFIX):
             continue
         name = key[len(XATTR_PAX_PREFIX) :]
-        if not name or "\x00" in name:
+        too_long = len(name.encode("utf-8", "surrogateescape")) > _XATTR_NAME_MAX
+        if not name or "\x00" in name or too_long:
             raise CorruptTarball(f"has an extended attribute with a bad name {name!r}", info.name)
-        found.append((name, value.encode("utf-8", "surrogateescape")))
+        data = value.encode("utf-8", "surrogateescape")
+        if len(data) > _XATTR_SIZE_MAX:
+            raise CorruptTarball(
+                f"has an extended attribute {name!r} over {_XATTR_SIZE_MAX} bytes", info.name
+            )
+        found.append((name, data))
     return tuple(found)
 
 
@@ -369,6 +399,8 @@ class _Checker:
                 mode = os.lstat(self.full(path)).st_mode
             except (FileNotFoundError, NotADirectoryError):
                 node = None
+            except OSError as exc:  # ENAMETOOLONG for a path past PATH_MAX, ...
+                raise CorruptTarball(f"names {path!r}, which is {_os_reason(exc)}") from exc
             else:
                 if stat.S_ISDIR(mode):
                     node = _Node.DIR
@@ -495,6 +527,7 @@ def _entry(info: tarfile.TarInfo) -> _Entry | str:
     if base.startswith(WHITEOUT_PREFIX):
         return base
     kind = _kind_of(info)
+    _check_header(info)
     link = ""
     if kind is _Kind.SYMLINK:
         link = info.linkname

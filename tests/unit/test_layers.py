@@ -499,6 +499,20 @@ HOSTILE: dict[str, tuple[list[Member], str, type[UnsafeTarball] | type[CorruptTa
     "root-as-file": ([reg("./", b"")], "./", CorruptTarball),
     "file-over-own-directory": ([reg("n/f", b"1"), reg("n", b"2")], "n", CorruptTarball),
     "unknown-type": ([(_info("vol", b"V"), None)], "vol", CorruptTarball),
+    "uid-too-large": ([reg("u", b"x", uid=2**40)], "u", CorruptTarball),
+    "gid-unchanged-marker": ([reg("g", b"x", gid=2**32 - 1)], "g", CorruptTarball),
+    "name-component-too-long": ([reg("d/" + "n" * 256, b"x")], "d/" + "n" * 256, CorruptTarball),
+    "xattr-name-too-long": (
+        [reg("x", b"x", xattrs={"user." + "n" * 251: b"v"})],
+        "x",
+        CorruptTarball,
+    ),
+    "xattr-value-too-large": (
+        [reg("x", b"x", xattrs={"user.big": b"v" * 65537})],
+        "x",
+        CorruptTarball,
+    ),
+    "device-number-too-large": ([node("dev", tarfile.CHRTYPE, 4096, 1)], "dev", CorruptTarball),
 }
 
 
