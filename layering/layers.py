@@ -312,13 +312,13 @@ def _check_header(info: tarfile.TarInfo) -> None:
         # (uid_t)-1 means "leave unchanged" to chown, so it is no owner either.
         if not 0 <= value < _MAX_ID:
             raise CorruptTarball(f"has {field} {value}, outside 0..{_MAX_ID - 1}", info.name)
-    if info.ischr() or info.isblk():
-        # The kernel's dev_t: 12 bits of major, 20 of minor (include/linux/kdev_t.h).
-        if not (0 <= info.devmajor < 1 << 12 and 0 <= info.devminor < 1 << 20):
-            raise CorruptTarball(
-                f"is a device {info.devmajor}:{info.devminor}, outside the kernel's numbers",
-                info.name,
-            )
+    # The kernel's dev_t: 12 bits of major, 20 of minor (include/linux/kdev_t.h).
+    in_range = 0 <= info.devmajor < 1 << 12 and 0 <= info.devminor < 1 << 20
+    if (info.ischr() or info.isblk()) and not in_range:
+        raise CorruptTarball(
+            f"is a device {info.devmajor}:{info.devminor}, outside the kernel's numbers",
+            info.name,
+        )
 
 
 def _prefixes(path: str) -> Iterator[str]:
