@@ -566,7 +566,11 @@ class Graph:
             self._settle(op)
 
     def _settle(self, op: Operation) -> None:
-        """Complete ``op`` if the pool's transaction id says the kernel committed it, else undo."""
+        """Complete ``op`` if the pool's transaction id says the kernel committed it, else undo.
+
+        First, an origin that a crash in create_snap left suspended is resumed.
+        """
+        self.pool.resume_suspended()
         actual = self.pool.usage().transaction_id
         if op.outcome(actual) is Outcome.APPLIED:
             log.debug("%s committed in the kernel: completing it", op.name)

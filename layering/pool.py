@@ -255,6 +255,19 @@ class Pool:
                     for info in loop.find(path):
                         loop.detach(info.path)
 
+    def resume_suspended(self) -> None:
+        """Resume every thin device of this root that is suspended.
+
+        Only a crash leaves one so: create_snap suspends an active origin for the
+        message and resumes it even when the message fails.
+        """
+        for device in self.dm.list_devices():
+            if not device.name.startswith(self.prefix) or device.name == self.name:
+                continue
+            if self.dm.info(device.name).suspended:
+                log.warning("%s was left suspended: resuming it", device.name)
+                self.dm.resume(device.name)
+
     def destroy(self) -> None:
         """Tear down and delete the pool's files: every layer is gone."""
         self.teardown()

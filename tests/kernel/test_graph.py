@@ -407,3 +407,28 @@ def test_unsafe_mount_points_are_refused_before_anything_changes(
             graph.create_container("img", mount=where)
     assert graph.layers() == before
     assert graph.store.pool() == record
+
+
+def test_an_origin_left_suspended_by_a_crash_is_resumed(graph: Graph, dm: DeviceMapper) -> None:
+    graph.import_layer(tarball({"f": b"f"}), name="img")
+    container = graph.create_container("img", name="c")
+    assert container.mount is not None
+    # The process dies with the container suspended for the commit's create_snap.
+    code = (
+        "import os; from pathlib import Path; from dmioctl import DeviceMapper;"
+        "from dmioctl.targets import thin_pool; from layering.graph import Graph;"
+        "thin_pool._send = lambda *args: os._exit(70);"
+        f"g = Graph.open(Path({str(graph.root)!r}), DeviceMapper()); g.commit('c')"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 70, result.stderr
+    device = graph.pool.thin_name(container.thin_id)
+    assert dm.info(device).suspended
+
+    graph.close()
+    again = Graph.open(graph.root, dm)
+    graph.store = again.store
+    assert not dm.info(device).suspended
+    assert [layer.name for layer in again.layers(LayerKind.IMAGE)] == ["img"]
+    (container.mount / "written-after").write_text("ok")
+    os.sync()
