@@ -158,6 +158,18 @@ def test_grown_layer(graph: Graph) -> None:
     assert total.f_blocks * total.f_frsize > BASE * 1.5
 
 
+def crash(code: str, step: str | None = None) -> None:
+    """Run ``code`` in a new interpreter, which must end as a crash does (exit 70).
+
+    With ``step``, the graph's crash hook ends it there (DMSNAP_CRASH_AT).
+    """
+    env = dict(os.environ, DMSNAP_CRASH_AT=step) if step else None
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 70, result.stderr
+
+
 STEPS = {
     "import": ["create_snap", "apply", "commit", "committed"],
     "create": ["create_snap", "mount", "commit", "committed"],
@@ -184,14 +196,7 @@ def test_crash_at_each_step_is_reconciled(
         "from layering.graph import Graph; from tests.kernel.test_graph import tarball;"
         f"g = Graph.open(Path({str(graph.root)!r}), DeviceMapper()); {script}"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=ROOT,
-        env=dict(os.environ, DMSNAP_CRASH_AT=step),
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode == 70, result.stderr
+    crash(code, step)
 
     graph.close()
     again = Graph.open(graph.root, dm)
@@ -322,14 +327,7 @@ def test_crash_during_init_is_reconciled(dm: DeviceMapper, tmp_path: Path, step:
         f"Graph.init(Path({str(root)!r}), DeviceMapper(), PoolConfig(data_bytes=1024 * MiB, "
         f"metadata_bytes=16 * MiB), base_bytes={BASE})"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=ROOT,
-        env=dict(os.environ, DMSNAP_CRASH_AT=step),
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode == 70, result.stderr
+    crash(code, step)
 
     if step == "committed":
         # The kernel has the base: opening completes the init.
@@ -420,8 +418,7 @@ def test_an_origin_left_suspended_by_a_crash_is_resumed(graph: Graph, dm: Device
         "thin_pool._send = lambda *args: os._exit(70);"
         f"g = Graph.open(Path({str(graph.root)!r}), DeviceMapper()); g.commit('c')"
     )
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
-    assert result.returncode == 70, result.stderr
+    crash(code)
     device = graph.pool.thin_name(container.thin_id)
     assert dm.info(device).suspended
 
