@@ -9,34 +9,47 @@ are caught in one place, :class:`DMGroup`, and become one line on stderr,
 Tables are parsed and checked before the kernel is asked anything, and a
 ``create`` whose table the kernel refuses removes the device it made.
 
+Names are mangled as dmsetup mangles them (:mod:`dmioctl.names`; ``--manglename``,
+default auto or $DM_DEFAULT_NAME_MANGLING_MODE): a name on the command line
+(NAME, create's name, rename's NEW) reaches the kernel mangled, ``a b`` as
+``a\\x20b``, and every name printed is unmangled again.  The library below
+stays byte-exact; only this command mangles.
+
 With ``--json`` the read commands print one JSON document instead.  The schema
-is stable; fields may be added, never renamed or removed:
+is stable; fields may be added, never renamed or removed.  Every ``name`` is
+the kernel's, byte for byte (``a\\x20b``), which auto mode takes back as it is;
+next to it, ``display_name`` is the name as the human output prints it
+(``a b``; the same in mode none):
 
 ``version``
     ``{"library": "0.1.0", "driver": [4, 47, 0]}``
 ``targets``
     ``[{"name": "linear", "version": [1, 4, 0]}, ...]`` in the kernel's order.
 ``ls``
-    ``[{"name", "major", "minor", "uuid", "event_nr"}, ...]`` sorted by name;
+    ``[{"name", "display_name", "major", "minor", "uuid", "event_nr"}, ...]`` sorted
+    by (kernel) name;
     ``uuid`` and ``event_nr`` are ``null`` where the kernel does not report them.
     With ``--tree``, the devices no other device uses, each
-    ``{"name", "major", "minor", "children": [...]}`` where the children are the
-    devices it uses; a device that is not a device-mapper device has name ``null``
-    and no children.
+    ``{"name", "display_name", "major", "minor", "children": [...]}`` where the
+    children are the devices it uses; a device that is not a device-mapper device
+    has both names ``null`` and no children.
 ``info``
-    ``[{"name", "uuid", "major", "minor", "open_count", "event_nr",
+    ``[{"name", "display_name", "uuid", "major", "minor", "open_count", "event_nr",
     "target_count", "suspended", "read_only", "live_table", "inactive_table",
     "deferred_remove", "read_ahead"}, ...]``; ``uuid`` is ``""`` when unset,
     ``read_ahead`` is in sectors or ``null`` when the device has no queue yet.
 ``table``
-    ``[{"name", "targets": [{"start", "length", "type", "params"}, ...]}, ...]``
+    ``[{"name", "display_name", "targets": [{"start", "length", "type", "params"},
+    ...]}, ...]``
 ``status``
-    ``[{"name", "targets": [{"start", "length", "type", "status"}, ...]}, ...]``
+    ``[{"name", "display_name", "targets": [{"start", "length", "type", "status"},
+    ...]}, ...]``
 ``deps``
-    ``[{"name", "deps": [{"major", "minor", "name", "kernel_name"}, ...]}, ...]``; a
-    dependency's ``name`` is what ``-o devname`` prints (the device-mapper name,
-    else the kernel's), ``kernel_name`` what ``-o blkdevname`` prints (``dm-3``,
-    ``loop0``); either is ``null`` where sysfs does not know the device.
+    ``[{"name", "display_name", "deps": [{"major", "minor", "name", "display_name",
+    "kernel_name"}, ...]}, ...]``; a dependency's ``name`` is the device-mapper
+    name (``display_name`` what ``-o devname`` prints), else the kernel's;
+    ``kernel_name`` is what ``-o blkdevname`` prints (``dm-3``, ``loop0``); each is
+    ``null`` where sysfs does not know the device.
 
 Commands given a NAME (or ``-u UUID``) still print a list, of one device.  Sectors
 are 512 bytes.
@@ -67,7 +80,7 @@ import stat
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TextIO, TypeVar
 
 import click
@@ -81,6 +94,7 @@ from dmioctl.control import (
     validate_uuid,
 )
 from dmioctl.errors import DMError, InvalidArgument
+from dmioctl.names import MANGLING_ENV, Mangling, default_mangling, mangle, unmangle
 from dmioctl.table import Target, parse_table, validate
 from dmioctl.targets import BUILDERS, from_target
 from dmioctl.uapi.dm import kernel_bytes
@@ -170,6 +184,29 @@ class Environment:
     block_names: Callable[[int, int], BlockNames] = sysfs_block_names
     terminal_columns: Callable[[], int | None] = terminal_columns
     utf8: Callable[[], bool] = utf8_locale
+    #: --manglename: how names on the command line reach the kernel and come back
+    mangling: Mangling = Mangling.AUTO
+
+    def kernel_name(self, name: str, what: str = "name") -> str:
+        """A name from the command line as the kernel is to get it (mangled, see names).
+
+        The name as given is checked first, so that '/' is refused rather than
+        mangled (as libdevmapper refuses it), then the mangled name, whose length
+        may have grown past the kernel's limit.
+        """
+        validate_name(name)
+        kernel = mangle(name, self.mangling, what)
+        validate_name(kernel)
+        return kernel
+
+    def shown(self, name: str) -> str:
+        """A kernel name as the human output prints it (unmangled, see names)."""
+        return unmangle(name, self.mangling)
+
+    def shown_block_names(self, major: int, minor: int) -> BlockNames:
+        """The names of a block device as printed: its dm name (sysfs has the kernel's) shown."""
+        names = self.block_names(major, minor)
+        return BlockNames(names.kernel, None if names.dm is None else self.shown(names.dm))
 
     def control(self) -> DeviceMapper:
         """Open the device-mapper control file; failing to is a library-style error."""
@@ -230,7 +267,7 @@ class DeviceRef:
     """A device as the command line names it: by name, or (-u) by uuid; exactly one is set.
 
     Pass both fields on, ``dm.info(device.name, uuid=device.uuid)``: the library
-    takes whichever is not empty.
+    takes whichever is not empty.  The name is the kernel's, already mangled.
     """
 
     name: str = ""
@@ -287,16 +324,16 @@ class DeviceCommand(click.Command):
 
     def invoke(self, ctx: click.Context) -> Any:
         name, uuid = ctx.params.pop("name", None), ctx.params.pop("uuid")
-        ctx.params["device"] = self._device(name, uuid)
+        env = ctx.find_object(Environment)
+        ctx.params["device"] = self._device(name, uuid, env or Environment())
         return super().invoke(ctx)
 
-    def _device(self, name: str | None, uuid: str | None) -> DeviceRef | None:
+    def _device(self, name: str | None, uuid: str | None, env: Environment) -> DeviceRef | None:
         if uuid is not None:
             validate_uuid(uuid)
             return DeviceRef(uuid=uuid)
         if name is not None:
-            validate_name(name)
-            return DeviceRef(name=name)
+            return DeviceRef(name=env.kernel_name(name))
         if self.every_device:
             return None
         raise InvalidArgument("no device given: name it by NAME or by -u UUID")
@@ -436,9 +473,19 @@ def _hide_key(target: Target) -> Target:
 
 @click.group(cls=DMGroup, name="dmioctl")
 @click.option("-v", "--verbose", is_flag=True, help="Log each ioctl on stderr.")
+@click.option(
+    "--manglename",
+    type=click.Choice([m.value for m in Mangling], case_sensitive=False),
+    metavar="none|hex|auto",
+    help=(
+        "How names go to the kernel and come back, as dmsetup's: auto (default, or"
+        f" ${MANGLING_ENV}) and hex write characters udev refuses as \\xNN, none"
+        " leaves names alone."
+    ),
+)
 @click.version_option(package_name="dmioctl", message="%(prog)s %(version)s")
 @click.pass_context
-def main(ctx: click.Context, verbose: bool) -> None:
+def main(ctx: click.Context, verbose: bool, manglename: str | None) -> None:
     """Drive Linux device-mapper: dmsetup's commands, through dmioctl's ioctls.
 
     Human output matches dmsetup's; read commands take --json.
@@ -447,9 +494,15 @@ def main(ctx: click.Context, verbose: bool) -> None:
     Example:
         dmioctl create scratch --table '0 2048 zero'
         dmioctl ls --tree
+        dmioctl --manglename none ls
     """
     if ctx.obj is None:
         ctx.obj = Environment()
+    env = ctx.find_object(Environment)
+    if env is not None:
+        env.mangling = (
+            Mangling(manglename.lower()) if manglename else default_mangling(dict(os.environ))
+        )
     set_verbose("dmioctl", verbose)
 
 
@@ -542,34 +595,37 @@ def ls_command(
         if target_type is not None:
             devices = [d for d in devices if _has_target(dm, d.name, target_type)]
         elif style is not None:
-            graph = _DependencyGraph.build(dm, devices, with_info=bool(style.attributes))
+            graph = _DependencyGraph.build(
+                dm, devices, with_info=bool(style.attributes), shown=env.shown
+            )
     if as_json:
         if graph is not None and style is not None:
             _dump([graph.node_json(root, style.inverted) for root in graph.roots(style.inverted)])
         else:
-            _dump([_listed_json(d) for d in devices])
+            _dump([_listed_json(env, d) for d in devices])
     elif not listed:
         click.echo(NO_DEVICES)
     elif target_type is not None:
         for d in devices:
-            click.echo(f"{d.name}\t({d.major}, {d.minor})")
+            click.echo(f"{env.shown(d.name)}\t({d.major}, {d.minor})")
     elif graph is not None and style is not None:
         width = _tree_width(env, style)
         for line in _TreeDrawing(graph, style, env.block_names, width).draw():
             click.echo(line)
     else:
         for d in devices:
-            shown = env.block_names(d.major, d.minor).shown(naming)
-            click.echo(f"{d.name}\t({shown or f'{d.major}:{d.minor}'})")
+            shown = env.shown_block_names(d.major, d.minor).shown(naming)
+            click.echo(f"{env.shown(d.name)}\t({shown or f'{d.major}:{d.minor}'})")
 
 
 def _has_target(dm: DeviceMapper, name: str, target_type: str) -> bool:
     return any(t.target_type == target_type for t in dm.status(name))
 
 
-def _listed_json(device: ListedDevice) -> dict[str, object]:
+def _listed_json(env: Environment, device: ListedDevice) -> dict[str, object]:
     return {
         "name": device.name,
+        "display_name": env.shown(device.name),
         "major": device.major,
         "minor": device.minor,
         "uuid": device.uuid,
@@ -712,7 +768,9 @@ class _DependencyGraph:
     A device that is not a device-mapper device has no name and uses nothing.
     """
 
+    #: the kernel's names, and the names drawn (unmangled)
     names: dict[_Number, str]
+    shown: dict[_Number, str]
     infos: dict[_Number, DeviceInfo]
     uses: dict[_Number, list[_Number]]
     users: dict[_Number, list[_Number]] = field(default_factory=dict)
@@ -721,12 +779,21 @@ class _DependencyGraph:
 
     @classmethod
     def build(
-        cls, dm: DeviceMapper, devices: Sequence[ListedDevice], *, with_info: bool
+        cls,
+        dm: DeviceMapper,
+        devices: Sequence[ListedDevice],
+        *,
+        with_info: bool,
+        shown: Callable[[str], str],
     ) -> _DependencyGraph:
-        """The graph of ``devices``, with their DeviceInfo if ``with_info`` (for attributes)."""
+        """The graph of ``devices``, with their DeviceInfo if ``with_info`` (for attributes).
+
+        ``shown`` turns a kernel name into the name drawn.
+        """
         numbered = {(d.major, d.minor): d.name for d in devices}
         graph = cls(
             names=numbered,
+            shown={n: shown(name) for n, name in numbered.items()},
             infos={n: dm.info(name) for n, name in numbered.items()} if with_info else {},
             uses={n: dm.deps(name) for n, name in numbered.items()},
         )
@@ -761,6 +828,7 @@ class _DependencyGraph:
     def node_json(self, number: _Number, inverted: bool) -> dict[str, object]:
         return {
             "name": self.names.get(number),
+            "display_name": self.shown.get(number),
             "major": number[0],
             "minor": number[1],
             "children": [self.node_json(c, inverted) for c in self.children(number, inverted)],
@@ -839,7 +907,7 @@ class _TreeDrawing:
     def _label(self, number: _Number) -> str | None:
         """A node's text; None for a device with no dm name when -o nodevice leaves it blank."""
         style = self.style
-        name = self.graph.names.get(number, "")
+        name = self.graph.shown.get(number, "")
         if not name and not style.device and not style.blkdevname:
             return None
         label = name
@@ -947,9 +1015,10 @@ def format_columns(
     return lines
 
 
-def info_json(info: DeviceInfo, read_ahead: int | None) -> dict[str, object]:
+def info_json(info: DeviceInfo, read_ahead: int | None, display_name: str) -> dict[str, object]:
     return {
         "name": info.name,
+        "display_name": display_name,
         "uuid": info.uuid,
         "major": info.major,
         "minor": info.minor,
@@ -997,29 +1066,33 @@ def info(
     """
     with env.control() as dm:
         infos = [dm.info(d.name, uuid=d.uuid) for d in _devices(dm, device)]
-    read_ahead = {i.name: env.read_ahead(i.major, i.minor) for i in infos}
+    read_ahead = {(i.major, i.minor): env.read_ahead(i.major, i.minor) for i in infos}
     if as_json:
-        _dump([info_json(i, read_ahead[i.name]) for i in infos])
+        _dump([info_json(i, read_ahead[i.major, i.minor], env.shown(i.name)) for i in infos])
         return
     if not infos:
         click.echo(NO_DEVICES)
         return
+    infos = [replace(i, name=env.shown(i.name)) for i in infos]
     if columns:
         lines = format_columns(infos, fields, headings=not noheadings, separator=separator)
     else:
-        lines = [line for i in infos for line in format_info(i, read_ahead[i.name])]
+        lines = [line for i in infos for line in format_info(i, read_ahead[i.major, i.minor])]
     for line in lines:
         click.echo(line)
 
 
 def _print_targets(
-    per_device: Sequence[tuple[str, list[Target]]], target_type: str | None, prefixed: bool
+    env: Environment,
+    per_device: Sequence[tuple[str, list[Target]]],
+    target_type: str | None,
+    prefixed: bool,
 ) -> None:
     """Lines of ``dmsetup table`` / ``status``: "name: " first when listing every device."""
     if not per_device and prefixed:
         click.echo(NO_DEVICES)
     for device, targets in per_device:
-        prefix = f"{device}: " if prefixed else ""
+        prefix = f"{env.shown(device)}: " if prefixed else ""
         if not targets and target_type is None:
             click.echo(prefix)
         for target in targets:
@@ -1028,11 +1101,15 @@ def _print_targets(
 
 
 def _targets_json(
-    per_device: Sequence[tuple[str, list[Target]]], target_type: str | None, key: str
+    env: Environment,
+    per_device: Sequence[tuple[str, list[Target]]],
+    target_type: str | None,
+    key: str,
 ) -> list[dict[str, object]]:
     return [
         {
             "name": device,
+            "display_name": env.shown(device),
             "targets": [
                 {"start": t.start, "length": t.length, "type": t.target_type, key: t.params}
                 for t in targets
@@ -1072,9 +1149,9 @@ def table(
     if not showkeys:
         per_device = [(n, [_hide_key(t) for t in targets]) for n, targets in per_device]
     if as_json:
-        _dump(_targets_json(per_device, target_type, "params"))
+        _dump(_targets_json(env, per_device, target_type, "params"))
     else:
-        _print_targets(per_device, target_type, prefixed=device is None)
+        _print_targets(env, per_device, target_type, prefixed=device is None)
 
 
 @main.command(cls=DeviceCommand, every_device=True)
@@ -1103,9 +1180,9 @@ def status(
             for d in _devices(dm, device)
         ]
     if as_json:
-        _dump(_targets_json(per_device, target_type, "status"))
+        _dump(_targets_json(env, per_device, target_type, "status"))
     else:
-        _print_targets(per_device, target_type, prefixed=device is None)
+        _print_targets(env, per_device, target_type, prefixed=device is None)
 
 
 @main.command(cls=DeviceCommand, every_device=True)
@@ -1128,20 +1205,27 @@ def deps(env: Environment, device: DeviceRef | None, naming: str, as_json: bool)
         ]
     if as_json:
         _dump(
-            [{"name": n, "deps": [_dep_json(env, *dep) for dep in used]} for n, used in per_device]
+            [
+                {
+                    "name": n,
+                    "display_name": env.shown(n),
+                    "deps": [_dep_json(env, *d) for d in used],
+                }
+                for n, used in per_device
+            ]
         )
         return
     if not per_device:
         click.echo(NO_DEVICES)
     for name, used in per_device:
-        prefix = f"{name}: " if device is None else ""
+        prefix = f"{env.shown(name)}: " if device is None else ""
         listed = "".join(" " + _dep_label(env, naming, *dep) for dep in used)
         click.echo(f"{prefix}{len(used)} dependencies\t:{listed}")
 
 
 def _dep_label(env: Environment, naming: str, major: int, minor: int) -> str:
     """A dependency as ``deps -o naming`` prints it; by number where sysfs has no name."""
-    shown = env.block_names(major, minor).shown(naming)
+    shown = env.shown_block_names(major, minor).shown(naming)
     return f"({shown})" if shown else f"({major}, {minor})"
 
 
@@ -1151,6 +1235,7 @@ def _dep_json(env: Environment, major: int, minor: int) -> dict[str, object]:
         "major": major,
         "minor": minor,
         "name": names.shown("devname"),
+        "display_name": env.shown_block_names(major, minor).shown("devname"),
         "kernel_name": names.kernel,
     }
 
@@ -1187,6 +1272,7 @@ def create(
     if notable and (table_text is not None or file is not None):
         raise InvalidArgument("--notable takes no table")
     targets = [] if notable else _read_table(table_text, file)
+    name = env.kernel_name(name)
     with env.control() as dm:
         dm.create(name, uuid=uuid, read_only=read_only)
         if not targets:
@@ -1320,6 +1406,8 @@ def rename(env: Environment, device: DeviceRef, new: str, setuuid: bool) -> None
         dmioctl rename data --setuuid DATA-1
         dmioctl rename -u DATA-1 data-new
     """
+    if not setuuid:
+        new = env.kernel_name(new, "new name")
     with env.control() as dm:
         if setuuid:
             dm.rename(device.name, uuid=device.uuid, new_uuid=new)

@@ -214,3 +214,25 @@ def test_read_commands_by_uuid_as_dmsetup(dm: DeviceMapper, prefix: str) -> None
     for command in (["info"], ["info", "-c"], ["table"], ["status"], ["deps"]):
         assert dmioctl(*command, "-u", uuid) == dmsetup(*command, "-u", uuid), command
         assert dmioctl(*command, "-u", uuid) == dmioctl(*command, name), command
+
+
+def test_names_are_mangled_as_dmsetup_mangles_them(dm: DeviceMapper, prefix: str) -> None:
+    """dmsetup stores "a b" as a\\x20b and shows "a b"; dmioctl finds and shows it so too."""
+    theirs, ours = prefix + "a b", prefix + "c d"
+    dmsetup("create", theirs, "--table", "0 8 zero")
+    # The kernel's name is mangled; the prefix is not, so the fixture still cleans up.
+    assert prefix + "a\\x20b" in {d.name for d in dm.list_devices()}
+    assert dmioctl("info", theirs) == dmsetup("info", theirs)
+    assert dmioctl("info", "-c", theirs) == dmsetup("info", "-c", theirs)
+    assert f"{theirs}\t(" in dmioctl("ls")
+    assert dmioctl("table", theirs) == dmsetup("table", theirs)
+
+    dmioctl("create", ours, "--table", "0 8 zero")
+    assert prefix + "c\\x20d" in {d.name for d in dm.list_devices()}
+    assert info_fields(dmsetup("info", ours))["Name"] == ours
+    assert dmioctl("info", ours) == dmsetup("info", ours)
+    for command in (["ls"], ["info", "-c"], ["table"], ["status"], ["deps", "-o", "devname"]):
+        ours_only = [line for line in dmioctl(*command).splitlines() if prefix in line]
+        assert ours_only == [line for line in dmsetup(*command).splitlines() if prefix in line]
+    assert dmioctl("ls", "--target", "zero") == dmsetup("ls", "--target", "zero")
+    assert dmioctl("--manglename", "none", "ls") == dmsetup("--manglename", "none", "ls")

@@ -22,6 +22,7 @@ from dmioctl.control import (
     validate_uuid,
 )
 from dmioctl.errors import DeviceBusy, DeviceExists, DMError, InvalidArgument, NoSuchDevice
+from dmioctl.names import Mangling, default_mangling, mangle, unmangle
 from dmioctl.table import Target, validate
 from dmioctl.uapi.dm import DMFlag
 
@@ -417,9 +418,12 @@ def test_ls_tree_inverted(branches: FakeDM) -> None:
     assert tree[2]["children"] == [
         {
             "name": "c",
+            "display_name": "c",
             "major": 254,
             "minor": 2,
-            "children": [{"name": "b", "major": 254, "minor": 1, "children": []}],
+            "children": [
+                {"name": "b", "display_name": "b", "major": 254, "minor": 1, "children": []}
+            ],
         }
     ]
 
@@ -519,19 +523,30 @@ def test_ls_naming(stack: FakeDM) -> None:
 
 def test_ls_json(stack: FakeDM) -> None:
     data = json.loads(ok(run(stack, "ls", "--json")))
-    assert data[1] == {"name": "mid", "major": 254, "minor": 0, "uuid": "", "event_nr": 0}
+    assert data[1] == {
+        "name": "mid",
+        "display_name": "mid",
+        "major": 254,
+        "minor": 0,
+        "uuid": "",
+        "event_nr": 0,
+    }
     assert [d["name"] for d in data] == ["a-empty", "mid", "top", "zero"]
     tree = json.loads(ok(run(stack, "ls", "--tree", "--json")))
     assert tree[1] == {
         "name": "top",
+        "display_name": "top",
         "major": 254,
         "minor": 1,
         "children": [
             {
                 "name": "mid",
+                "display_name": "mid",
                 "major": 254,
                 "minor": 0,
-                "children": [{"name": None, "major": 7, "minor": 0, "children": []}],
+                "children": [
+                    {"name": None, "display_name": None, "major": 7, "minor": 0, "children": []}
+                ],
             }
         ],
     }
@@ -599,6 +614,7 @@ def test_info_json(stack: FakeDM) -> None:
     assert json.loads(ok(run(stack, "info", "--json", "zero", read_ahead=0))) == [
         {
             "name": "zero",
+            "display_name": "zero",
             "uuid": "",
             "major": 254,
             "minor": 3,
@@ -647,6 +663,7 @@ def test_table_json(stack: FakeDM) -> None:
     assert json.loads(ok(run(stack, "table", "--json", "mid"))) == [
         {
             "name": "mid",
+            "display_name": "mid",
             "targets": [{"start": 0, "length": 8192, "type": "linear", "params": "7:0 0"}],
         }
     ]
@@ -665,6 +682,7 @@ def test_status(stack: FakeDM) -> None:
     assert json.loads(ok(run(stack, "status", "--json", "zero"))) == [
         {
             "name": "zero",
+            "display_name": "zero",
             "targets": [
                 {
                     "start": 0,
@@ -688,11 +706,20 @@ def test_deps(stack: FakeDM) -> None:
     assert json.loads(ok(run(stack, "deps", "--json", "top"))) == [
         {
             "name": "top",
-            "deps": [{"major": 254, "minor": 0, "name": "mid", "kernel_name": "dm-0"}],
+            "display_name": "top",
+            "deps": [
+                {
+                    "major": 254,
+                    "minor": 0,
+                    "name": "mid",
+                    "display_name": "mid",
+                    "kernel_name": "dm-0",
+                }
+            ],
         }
     ]
     assert json.loads(ok(run(stack, "deps", "--json", "mid")))[0]["deps"] == [
-        {"major": 7, "minor": 0, "name": "loop0", "kernel_name": "loop0"}
+        {"major": 7, "minor": 0, "name": "loop0", "display_name": "loop0", "kernel_name": "loop0"}
     ]
 
 
@@ -1079,3 +1106,173 @@ def test_help_shows_name_or_uuid(fake: FakeDM) -> None:
     assert "-u, --uuid UUID" in out
     assert "Usage: dmioctl info [OPTIONS] [NAME]" in ok(run(fake, "info", "--help"))
     assert "the uuid" not in ok(run(fake, "create", "--help")).lower().split("-u, --uuid")[0]
+
+
+# Name mangling (libdm-common.c mangle_string / unmangle_string)
+
+
+@pytest.mark.parametrize(
+    ("name", "auto", "hex_"),
+    [
+        ("plain-name_1.0:x=y@z#w+v", "plain-name_1.0:x=y@z#w+v", "plain-name_1.0:x=y@z#w+v"),
+        ("a b", "a\\x20b", "a\\x20b"),
+        ("a~b!", "a\\x7eb\\x21", "a\\x7eb\\x21"),
+        ("x\\y", "x\\x5cy", "x\\x5cy"),
+        ("a\\x20b", "a\\x20b", "a\\x5cx20b"),
+        ("x\\xzz", "x\\xzz", "x\\x5cxzz"),
+        ("\u00fc", "\\xc3\\xbc", "\\xc3\\xbc"),
+        ("raw\udcff", "raw\\xff", "raw\\xff"),
+        ("", "", ""),
+    ],
+)
+def test_mangle_table(name: str, auto: str, hex_: str) -> None:
+    assert mangle(name, Mangling.AUTO) == auto
+    assert mangle(name, Mangling.HEX) == hex_
+    assert mangle(name, Mangling.NONE) == name
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("e\\x20f g", "mixes mangled and unmangled"),
+        ("e f\\x20g", "mixes mangled and unmangled"),
+        ("x\\x2", "mixes mangled and unmangled"),
+        ("h\\x5cxi", "mangled more than once"),
+    ],
+)
+def test_mangle_auto_refuses_what_libdm_refuses(name: str, message: str) -> None:
+    with pytest.raises(InvalidArgument, match=message):
+        mangle(name, Mangling.AUTO)
+    # hex mode mangles such a name whole; none leaves it.
+    assert "\\x5c" in mangle(name, Mangling.HEX)
+    assert mangle(name, Mangling.NONE) == name
+
+
+@pytest.mark.parametrize(
+    ("kernel", "shown"),
+    [
+        ("a\\x20b", "a b"),
+        ("a\\x7Eb", "a~b"),
+        ("\\xc3\\xbc", "\u00fc"),
+        ("raw\\xff", "raw\udcff"),
+        ("x\\x5cy", "x\\y"),
+        ("plain", "plain"),
+        # Not the result of mangling: shown as the kernel has it.
+        ("n m", "n m"),
+        ("x\\xzz", "x\\xzz"),
+    ],
+)
+def test_unmangle_table(kernel: str, shown: str) -> None:
+    assert unmangle(kernel, Mangling.AUTO) == shown
+    assert unmangle(kernel, Mangling.HEX) == shown
+    assert unmangle(kernel, Mangling.NONE) == kernel
+
+
+def test_unmangle_auto_leaves_a_name_mangled_twice() -> None:
+    assert unmangle("h\\x5cx41", Mangling.AUTO) == "h\\x5cx41"
+    assert unmangle("h\\x5cx41", Mangling.HEX) == "h\\x41"
+
+
+@pytest.mark.parametrize("name", ["a b", "x\\y", "tab\there", "\u00fc~", "raw\udcfe", "ok-1"])
+def test_mangle_round_trips(name: str) -> None:
+    for mode in Mangling:
+        assert unmangle(mangle(name, mode), mode) == name
+    # What auto made, auto takes back as it is.
+    assert mangle(mangle(name, Mangling.AUTO), Mangling.AUTO) == mangle(name, Mangling.AUTO)
+
+
+def test_default_mangling_from_the_environment() -> None:
+    assert default_mangling({}) is Mangling.AUTO
+    assert default_mangling({"DM_DEFAULT_NAME_MANGLING_MODE": "NONE"}) is Mangling.NONE
+    assert default_mangling({"DM_DEFAULT_NAME_MANGLING_MODE": "hex"}) is Mangling.HEX
+    # An unknown value is ignored, as libdevmapper ignores it.
+    assert default_mangling({"DM_DEFAULT_NAME_MANGLING_MODE": "bogus"}) is Mangling.AUTO
+
+
+@pytest.fixture
+def mangled(fake: FakeDM) -> FakeDM:
+    """Devices as dmsetup makes them: 'a b' stored as a\\x20b, 'c~d' using it."""
+    fake.add("a\\x20b", [Target(0, 8, "zero")], uuid="U-AB")
+    fake.add("c\\x7ed", [Target(0, 8, "linear", "254:0 0")], deps=[(254, 0)])
+    return fake
+
+
+def test_names_shown_unmangled(mangled: FakeDM) -> None:
+    assert ok(run(mangled, "ls")) == "a b\t(254:0)\nc~d\t(254:1)\n"
+    assert ok(run(mangled, "ls", "--target", "zero")) == "a b\t(254, 0)\n"
+    assert ok(run(mangled, "ls", "-o", "devname")) == "a b\t(a b)\nc~d\t(c~d)\n"
+    assert ok(run(mangled, "ls", "--tree", "-o", "ascii")) == "c~d (254:1)\n `-a b (254:0)\n"
+    assert ok(run(mangled, "info", "a b")).startswith("Name:              a b\n")
+    assert ok(run(mangled, "info", "-c", "-o", "name", "--noheadings")) == "a b\nc~d\n"
+    assert ok(run(mangled, "info", "-u", "U-AB")).startswith("Name:              a b\n")
+    assert ok(run(mangled, "table")) == "a b: 0 8 zero \nc~d: 0 8 linear 254:0 0\n"
+    assert ok(run(mangled, "status", "--target", "zero")) == "a b: 0 8 zero \n"
+    assert ok(run(mangled, "deps", "-o", "devname")) == (
+        "a b: 0 dependencies\t:\nc~d: 1 dependencies\t: (a b)\n"
+    )
+
+
+def test_names_shown_raw_in_mode_none(mangled: FakeDM) -> None:
+    assert ok(run(mangled, "--manglename", "none", "ls")) == "a\\x20b\t(254:0)\nc\\x7ed\t(254:1)\n"
+    assert ok(run(mangled, "--manglename", "none", "info", "a\\x20b")).startswith(
+        "Name:              a\\x20b\n"
+    )
+    assert "No such device" in fails(run(mangled, "--manglename", "none", "info", "a b"))
+
+
+def test_json_carries_the_kernel_name_and_the_shown_one(mangled: FakeDM) -> None:
+    for command in (["ls"], ["info"], ["table"], ["status"], ["deps"]):
+        data = json.loads(ok(run(mangled, *command, "--json")))
+        assert [(d["name"], d["display_name"]) for d in data] == [
+            ("a\\x20b", "a b"),
+            ("c\\x7ed", "c~d"),
+        ], command
+    deps = json.loads(ok(run(mangled, "deps", "--json", "c~d")))[0]["deps"]
+    assert (deps[0]["name"], deps[0]["display_name"]) == ("a\\x20b", "a b")
+    tree = json.loads(ok(run(mangled, "ls", "--tree", "--json")))
+    assert (tree[0]["children"][0]["name"], tree[0]["children"][0]["display_name"]) == (
+        "a\\x20b",
+        "a b",
+    )
+    raw = json.loads(ok(run(mangled, "--manglename", "none", "ls", "--json")))
+    assert raw[0]["display_name"] == "a\\x20b"
+
+
+def test_names_sent_mangled(fake: FakeDM) -> None:
+    ok(run(fake, "create", "e f", "--table", "0 8 zero"))
+    assert "create e\\x20f uuid='' ro=False" in fake.calls
+    ok(run(fake, "create", "g\\x20h", "--notable"))
+    assert "g\\x20h" in fake.devices
+    ok(run(fake, "rename", "e f", "e~g"))
+    assert "e\\x7eg" in fake.devices
+    ok(run(fake, "suspend", "e~g"))
+    assert fake.devices["e\\x7eg"].suspended
+    ok(run(fake, "--manglename", "hex", "create", "i\\x20j", "--notable"))
+    assert "i\\x5cx20j" in fake.devices
+    ok(run(fake, "--manglename", "NONE", "create", "k l", "--notable"))
+    assert "k l" in fake.devices
+    ok(run(fake, "--manglename", "none", "remove", "k l"))
+    assert "k l" not in fake.devices
+
+
+def test_manglename_from_the_environment(mangled: FakeDM, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DM_DEFAULT_NAME_MANGLING_MODE", "none")
+    assert ok(run(mangled, "ls")).startswith("a\\x20b\t")
+    # The option wins over the environment.
+    assert ok(run(mangled, "--manglename", "auto", "ls")).startswith("a b\t")
+
+
+def test_bad_names_for_mangling_are_one_line(fake: FakeDM) -> None:
+    assert "mixes mangled and unmangled" in fails(
+        run(fake, "create", "e\\x20f g", "--table", "0 8 zero")
+    )
+    assert "mangled more than once" in fails(run(fake, "info", "h\\x5cxi"))
+    assert "mixes mangled" in fails(run(fake, "rename", "x", "a\\x2"))
+    # '/' is refused, not mangled.
+    assert fails(run(fake, "create", "a/b", "--notable")).startswith("dmioctl: device name 'a/b'")
+    # A name that grows past the kernel's limit when mangled.
+    assert "must be 1 to 127 bytes" in fails(run(fake, "create", " " * 40, "--notable"))
+    assert fake.calls == []
+    result = run(fake, "--manglename", "bogus", "ls")
+    assert result.exit_code == 2
+    assert "'bogus' is not one of 'none', 'auto', 'hex'" in result.stderr
