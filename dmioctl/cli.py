@@ -12,7 +12,8 @@ Tables are parsed and checked before the kernel is asked anything, and a
 Names are mangled as dmsetup mangles them (:mod:`dmioctl.names`; ``--manglename``,
 default auto or $DM_DEFAULT_NAME_MANGLING_MODE): a name on the command line
 (NAME, create's name, rename's NEW) reaches the kernel mangled, ``a b`` as
-``a\\x20b``, and every name printed is unmangled again.  The library below
+``a\\x20b``, and every name printed is unmangled again; so do uuids (``-u``,
+``--setuuid``), though ``--json`` gives the kernel's uuid only.  The library below
 stays byte-exact; only this command mangles.
 
 With ``--json`` the read commands print one JSON document instead.  The schema
@@ -199,9 +200,20 @@ class Environment:
         validate_name(kernel)
         return kernel
 
+    def kernel_uuid(self, uuid: str, what: str = "uuid") -> str:
+        """A uuid from the command line as the kernel is to get it: mangled as names are."""
+        validate_uuid(uuid)
+        kernel = mangle(uuid, self.mangling, what)
+        validate_uuid(kernel)
+        return kernel
+
     def shown(self, name: str) -> str:
-        """A kernel name as the human output prints it (unmangled, see names)."""
+        """A kernel name or uuid as the human output prints it (unmangled, see names)."""
         return unmangle(name, self.mangling)
+
+    def shown_info(self, info: DeviceInfo) -> DeviceInfo:
+        """``info`` with its name and uuid as the human output prints them."""
+        return replace(info, name=self.shown(info.name), uuid=self.shown(info.uuid))
 
     def shown_block_names(self, major: int, minor: int) -> BlockNames:
         """The names of a block device as printed: its dm name (sysfs has the kernel's) shown."""
@@ -330,8 +342,7 @@ class DeviceCommand(click.Command):
 
     def _device(self, name: str | None, uuid: str | None, env: Environment) -> DeviceRef | None:
         if uuid is not None:
-            validate_uuid(uuid)
-            return DeviceRef(uuid=uuid)
+            return DeviceRef(uuid=env.kernel_uuid(uuid))
         if name is not None:
             return DeviceRef(name=env.kernel_name(name))
         if self.every_device:
@@ -596,7 +607,11 @@ def ls_command(
             devices = [d for d in devices if _has_target(dm, d.name, target_type)]
         elif style is not None:
             graph = _DependencyGraph.build(
-                dm, devices, with_info=bool(style.attributes), shown=env.shown
+                dm,
+                devices,
+                with_info=bool(style.attributes),
+                shown=env.shown,
+                shown_info=env.shown_info,
             )
     if as_json:
         if graph is not None and style is not None:
@@ -785,16 +800,19 @@ class _DependencyGraph:
         *,
         with_info: bool,
         shown: Callable[[str], str],
+        shown_info: Callable[[DeviceInfo], DeviceInfo],
     ) -> _DependencyGraph:
         """The graph of ``devices``, with their DeviceInfo if ``with_info`` (for attributes).
 
-        ``shown`` turns a kernel name into the name drawn.
+        ``shown`` and ``shown_info`` turn a kernel name and info into those drawn.
         """
         numbered = {(d.major, d.minor): d.name for d in devices}
         graph = cls(
             names=numbered,
             shown={n: shown(name) for n, name in numbered.items()},
-            infos={n: dm.info(name) for n, name in numbered.items()} if with_info else {},
+            infos={n: shown_info(dm.info(name)) for n, name in numbered.items()}
+            if with_info
+            else {},
             uses={n: dm.deps(name) for n, name in numbered.items()},
         )
         for number in numbered:
@@ -1073,7 +1091,7 @@ def info(
     if not infos:
         click.echo(NO_DEVICES)
         return
-    infos = [replace(i, name=env.shown(i.name)) for i in infos]
+    infos = [env.shown_info(i) for i in infos]
     if columns:
         lines = format_columns(infos, fields, headings=not noheadings, separator=separator)
     else:
@@ -1273,6 +1291,7 @@ def create(
         raise InvalidArgument("--notable takes no table")
     targets = [] if notable else _read_table(table_text, file)
     name = env.kernel_name(name)
+    uuid = env.kernel_uuid(uuid) if uuid else ""
     with env.control() as dm:
         dm.create(name, uuid=uuid, read_only=read_only)
         if not targets:
@@ -1406,8 +1425,7 @@ def rename(env: Environment, device: DeviceRef, new: str, setuuid: bool) -> None
         dmioctl rename data --setuuid DATA-1
         dmioctl rename -u DATA-1 data-new
     """
-    if not setuuid:
-        new = env.kernel_name(new, "new name")
+    new = env.kernel_uuid(new, "new uuid") if setuuid else env.kernel_name(new, "new name")
     with env.control() as dm:
         if setuuid:
             dm.rename(device.name, uuid=device.uuid, new_uuid=new)

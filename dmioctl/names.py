@@ -6,7 +6,8 @@ stores in the kernel a *mangled* name: each byte outside the udev whitelist
 ``0-9 A-Z a-z # + - . : = @ _`` is written ``\\xNN``, lower-case hex.
 ``dmsetup create "a b"`` makes the kernel name ``a\\x20b``, and dmsetup shows
 that device as ``a b`` again.  A name is mangled on its way in (device NAME,
-create's name, rename's NEW) and unmangled on its way out (every name printed).
+create's name, rename's NEW) and unmangled on its way out (every name printed);
+uuids (``-u``, create's ``-u``, rename's ``--setuuid``) likewise.
 
 The three modes of libdm's ``dm_string_mangling_t``:
 

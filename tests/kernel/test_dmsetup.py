@@ -236,3 +236,15 @@ def test_names_are_mangled_as_dmsetup_mangles_them(dm: DeviceMapper, prefix: str
         assert ours_only == [line for line in dmsetup(*command).splitlines() if prefix in line]
     assert dmioctl("ls", "--target", "zero") == dmsetup("ls", "--target", "zero")
     assert dmioctl("--manglename", "none", "ls") == dmsetup("--manglename", "none", "ls")
+
+
+def test_uuids_are_mangled_as_dmsetup_mangles_them(dm: DeviceMapper, prefix: str) -> None:
+    theirs, ours = prefix + "u", prefix + "v"
+    dmsetup("create", theirs, "--uuid", prefix + "U V", "--table", "0 8 zero")
+    assert dm.info(theirs).uuid == prefix + "U\\x20V"
+    assert dmioctl("info", "-u", prefix + "U V") == dmsetup("info", "-u", prefix + "U V")
+
+    dmioctl("create", ours, "-u", prefix + "W X", "--table", "0 8 zero")
+    assert dm.info(ours).uuid == prefix + "W\\x20X"
+    assert dmioctl("info", "-c", ours) == dmsetup("info", "-c", ours)
+    assert dmioctl("info", "-u", prefix + "W X") == dmsetup("info", "-u", prefix + "W X")

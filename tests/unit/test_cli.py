@@ -1238,6 +1238,20 @@ def test_json_carries_the_kernel_name_and_the_shown_one(mangled: FakeDM) -> None
     assert raw[0]["display_name"] == "a\\x20b"
 
 
+def test_uuids_are_mangled_as_names_are(fake: FakeDM) -> None:
+    kernel = "U\\x20V"
+    ok(run(fake, "create", "u", "-u", "U V", "--notable"))
+    assert f"create u uuid={kernel!r} ro=False" in fake.calls
+    assert "UUID: U V\n" in ok(run(fake, "info", "-u", "U V"))
+    assert ok(run(fake, "info", "-c", "-o", "uuid", "--noheadings")) == "U V\n"
+    assert ok(run(fake, "ls", "--tree", "-o", "ascii,uuid")) == "u (254:0) [U V]\n"
+    assert json.loads(ok(run(fake, "info", "--json", "u")))[0]["uuid"] == kernel
+    ok(run(fake, "create", "w", "--notable"))
+    ok(run(fake, "rename", "w", "--setuuid", "W~X"))
+    assert fake.devices["w"].uuid == "W\\x7eX"
+    assert "mixes mangled and unmangled" in fails(run(fake, "info", "-u", "a\\x20b c"))
+
+
 def test_names_sent_mangled(fake: FakeDM) -> None:
     ok(run(fake, "create", "e f", "--table", "0 8 zero"))
     assert "create e\\x20f uuid='' ro=False" in fake.calls
