@@ -89,7 +89,7 @@ from layering import fs, layers
 from layering.errors import InvalidInput, LayeringError
 from layering.graph import DEFAULT_BASE_BYTES, SKIPPED, Finding, Graph
 from layering.pool import DEFAULT_ROOT, ROOT_ENV, KiB, PoolConfig, Usage
-from layering.store import Layer, LayerKind
+from layering.store import Layer, LayerKind, check_name
 
 if TYPE_CHECKING:
     from click._termui_impl import ProgressBar
@@ -229,9 +229,18 @@ def size_option(*names: str, help: str, default: int | None = None) -> Callable[
     return decorate
 
 
+def _checked_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """--name checked before the store is opened or the pool brought up."""
+    if value is not None:
+        check_name(value)
+    return value
+
+
 def name_option(what: str) -> Callable[[_F], _F]:
     def decorate(f: _F) -> _F:
-        return click.option("--name", metavar="NAME", help=f"A name for the new {what}.")(f)
+        return click.option(
+            "--name", metavar="NAME", callback=_checked_name, help=f"A name for the new {what}."
+        )(f)
 
     return decorate
 

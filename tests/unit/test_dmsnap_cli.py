@@ -696,3 +696,15 @@ def test_entry_point_is_declared() -> None:
     assert 'dmsnap = "layering.cli:main"' in pyproject
     assert isinstance(cli.main, click.Group)
     assert os.path.basename(cli.__file__) == "cli.py"
+
+
+@pytest.mark.parametrize("command", [["create", "fedora"], ["commit", "web"], ["import", "-"]])
+def test_a_bad_name_is_refused_before_the_store_is_opened(
+    env: cli.SnapEnvironment, graph: FakeGraph, command: list[str]
+) -> None:
+    result = run(env, *command, "--name", "Bad/Name", status=1, stdin=b"")
+    assert result.stderr == (
+        "dmsnap: name 'Bad/Name' is not valid: use 1 to 128 of a-z 0-9 . _ -, "
+        "starting with a letter or digit\n"
+    )
+    assert graph.calls == []
