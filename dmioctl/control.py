@@ -263,7 +263,8 @@ class DeviceMapper:
         """DM_DEV_REMOVE: remove a device and its tables, and its node.
 
         Flags: ``deferred`` (DM_DEFERRED_REMOVE): an open device is removed when
-        last closed; the returned info then has ``deferred_remove`` set.  A busy
+        last closed; the returned info then has ``deferred_remove`` set.  Where no
+        udevd runs, its node goes at once, so that no node outlives the device.  A busy
         device is tried ``retries`` more times, ``retry_delay`` seconds apart.
 
         Raises:
@@ -284,7 +285,10 @@ class DeviceMapper:
                 log.debug("DM_DEV_REMOVE %s busy, attempt %d/%d", name or uuid, attempt, attempts)
                 time.sleep(retry_delay)
         info = _info(issued.reply)
-        if self.manage_nodes and not issued.synced and not info.deferred_remove:
+        # A deferred removal happens at the last close; udev removes the node then.
+        # Without udev nothing would, and the kernel may give the number to another
+        # device, so the node goes now: users holding the device keep it.
+        if self.manage_nodes and not issued.synced and not (info.deferred_remove and issued.udev):
             nodes.removed(info.name, udev=issued.udev)
         return info
 

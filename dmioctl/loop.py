@@ -32,6 +32,7 @@ import errno
 import fcntl
 import logging
 import os
+import random
 import stat
 import time
 from collections.abc import Iterator, Mapping
@@ -79,10 +80,14 @@ SECTOR_SIZE = 512
 #: (512, or the backing device's block size for a file opened with O_DIRECT).
 BLOCK_SIZES = (0, 512, 1024, 2048, 4096)
 #: How many free devices :func:`attach` tries before giving up when another
-#: process binds each one first.
-ATTACH_ATTEMPTS = 5
-#: Pause after a lost race, multiplied by the attempt number, in seconds.
+#: process binds each one first.  LOOP_CTL_GET_FREE hands every contender the
+#: same lowest free number and one of them wins each round, so eight processes
+#: attaching at once lost five rounds in a row now and then.
+ATTACH_ATTEMPTS = 64
+#: Pause after a lost race, seconds: attempt x this, at most _RETRY_PAUSE_MAX,
+#: times a random factor in [0.5, 1.5) so that the losers do not meet again.
 _RETRY_PAUSE = 0.005
+_RETRY_PAUSE_MAX = 0.1
 #: lo_offset and lo_sizelimit above this fail with EOVERFLOW (loop_set_status_from_info).
 _MAX_BYTES = 2**63 - 1
 _SYS_BLOCK = Path("/sys/block")
@@ -428,7 +433,8 @@ def _bind_free_device(
             if attempt == ATTACH_ATTEMPTS:
                 hint = f"another process bound each free device first, {attempt} attempts"
                 raise DeviceBusy(exc.command, exc.device, errno.EBUSY, hint) from exc
-            time.sleep(_RETRY_PAUSE * attempt)
+            pause = min(_RETRY_PAUSE * attempt, _RETRY_PAUSE_MAX)
+            time.sleep(pause * (0.5 + random.random()))
             attempt += 1
         except BaseException:
             os.close(loop_fd)

@@ -7,7 +7,8 @@ rather than racing them: after a resume, rename or remove through the udev
 cookie (:mod:`dmioctl.udev`), which the rules release once the links are done;
 where the kernel sends no cookie (DM_REMOVE_ALL, a resume that changed nothing),
 by watching for the path.  Where no udevd runs, dmioctl makes and removes the
-node itself, so that it exists exactly when the device does, with its dev_t.
+node itself, so that it exists exactly when the device does, with its dev_t
+(a device whose removal is deferred until its last close has none already).
 """
 
 from __future__ import annotations

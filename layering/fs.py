@@ -112,15 +112,14 @@ def detect(device: str) -> str:
     raise FsError(f"no ext4 or xfs file system found on {device}")
 
 
-def mounts_of(device: str) -> list[str]:
-    """Mount points of ``device``, from /proc/self/mountinfo (by major:minor).
+def mounts_of(major: int, minor: int) -> list[str]:
+    """Mount points of block device ``major:minor``, from /proc/self/mountinfo.
 
     The kernel prints them with symbolic links resolved and with blank, tab,
     newline and backslash as octal escapes (fs/proc_namespace.c show_mountinfo),
     which are decoded here.
     """
-    rdev = os.stat(device).st_rdev
-    wanted = f"{os.major(rdev)}:{os.minor(rdev)}".encode()
+    wanted = f"{major}:{minor}".encode()
     points = []
     with open("/proc/self/mountinfo", "rb") as info:
         for line in info:

@@ -274,7 +274,8 @@ class Graph:
             layer = self._container(container)
             where = layer.mount or self.root / "containers" / layer.id
             device = self.pool.activate_thin(layer.thin_id, layer.size_bytes)
-            if str(where) not in fs.mounts_of(device):
+            rdev = os.stat(device).st_rdev
+            if str(where) not in fs.mounts_of(os.major(rdev), os.minor(rdev)):
                 fs.mount(device, where)
             return self.store.set_mount(layer.id, where)
 
@@ -592,10 +593,12 @@ class Graph:
         With ``check_busy``, a layer still in use after that is removed deferred
         (when last closed) and :class:`Busy` says who holds it.
         """
-        if not self.pool.is_active(layer.thin_id):
+        name = self.pool.thin_name(layer.thin_id)
+        try:
+            device = self.pool.dm.info(name)
+        except NoSuchDevice:
             return
-        node = f"/dev/mapper/{self.pool.thin_name(layer.thin_id)}"
-        for where in fs.mounts_of(node):
+        for where in fs.mounts_of(device.major, device.minor):
             path = Path(where)
             if path != layer.mount and self.root not in path.parents:
                 continue
@@ -608,11 +611,11 @@ class Graph:
                 if path.name.startswith(".work-"):
                     path.rmdir()
         try:
-            info = self.pool.dm.info(self.pool.thin_name(layer.thin_id))
+            info = self.pool.dm.info(name)
         except NoSuchDevice:
             return  # a deferred removal went through when the last user closed it
         if info.open_count and check_busy:
-            holders = fs.mounts_of(node)
+            holders = fs.mounts_of(info.major, info.minor)
             self.pool.deactivate_thin(layer.thin_id, deferred=True)
             raise Busy(
                 f"{_label(layer)} is busy: open {info.open_count} time(s)"

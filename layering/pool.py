@@ -373,7 +373,15 @@ class Pool:
         # when something changed.
         pool_device = f"{pool.major}:{pool.minor}"
         target = Thin(pool_device, thin_id).target(0, size_bytes // SECTOR_SIZE)
-        if self.is_active(thin_id):
+        try:
+            active = self.dm.info(name)
+        except NoSuchDevice:
+            active = None
+        if active is not None and active.deferred_remove:
+            raise PoolError(
+                f"{name} is being removed: it goes when its last user closes it; close that first"
+            )
+        if active is not None:
             if self.dm.table(name) != [target]:
                 self.dm.load_table(name, [target])
                 self.dm.resume(name)

@@ -210,6 +210,9 @@ def test_busy_device(dm: DeviceMapper, prefix: str) -> None:
         )
         assert dm.remove(name, deferred=True).deferred_remove
         assert dm.info(name).deferred_remove
+        # Nothing would unlink it at the last close: it goes now, the holder reads on.
+        assert not os.path.lexists(node_path(name))
+        assert len(os.pread(fd, 512, 0)) == 512
     finally:
         os.close(fd)
     # The kernel removes it from a work queue after the last close.
@@ -219,6 +222,9 @@ def test_busy_device(dm: DeviceMapper, prefix: str) -> None:
         time.sleep(0.05)
     with pytest.raises(NoSuchDevice):
         dm.info(name)
+    # The next device may get the number; no node under the old name points at it.
+    make_zero(dm, prefix + "next")
+    assert not os.path.lexists(node_path(name))
 
 
 def test_errors(dm: DeviceMapper, prefix: str) -> None:

@@ -11,6 +11,8 @@ import contextlib
 import errno
 import logging
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,7 @@ from tests.kernel.support import require, sparse_file
 pytestmark = pytest.mark.kernel
 
 MiB = 1024 * 1024
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class Loops:
@@ -378,8 +381,8 @@ def test_attach_retries_when_the_free_device_is_taken(
     assert issued.count(LoopIoctl.LOOP_CONFIGURE) == 3
     attempts = [r.getMessage() for r in caplog.records if "attempt" in r.getMessage()]
     assert attempts == [
-        f"{taken.path} was bound by another process first, attempt 1/5",
-        f"{taken.path} was bound by another process first, attempt 2/5",
+        f"{taken.path} was bound by another process first, attempt 1/{loop.ATTACH_ATTEMPTS}",
+        f"{taken.path} was bound by another process first, attempt 2/{loop.ATTACH_ATTEMPTS}",
     ]
 
 
@@ -390,14 +393,31 @@ def test_attach_gives_up_after_bounded_retries(
     second = loops.file("second.img")
     taken = loop.attach(first)
     issued = _lose_races(monkeypatch, taken, times=100)
+    monkeypatch.setattr(loop, "_RETRY_PAUSE", 0.0)  # the count is what is tested here
 
-    with pytest.raises(DeviceBusy, match="each free device first, 5 attempts") as busy:
+    with pytest.raises(DeviceBusy, match="each free device first, 64 attempts") as busy:
         loop.attach(second)
 
     assert busy.value.command == "LOOP_CONFIGURE"
     assert issued.count(LoopIoctl.LOOP_CONFIGURE) == loop.ATTACH_ATTEMPTS
     assert loop.find(second) == []
     assert bound_to(taken, first)
+
+
+def test_eight_processes_attaching_at_once_all_get_a_device(loops: Loops) -> None:
+    files = [loops.file(f"racer{i}.img") for i in range(8)]
+    code = (
+        "import sys; from dmioctl import loop\n"
+        "for _ in range(10):\n"
+        "    with loop.attached(sys.argv[1]):\n"
+        "        pass\n"
+    )
+    racers = [
+        subprocess.Popen([sys.executable, "-c", code, str(path)], cwd=ROOT, stderr=subprocess.PIPE)
+        for path in files
+    ]
+    errors = [racer.communicate()[1].decode() for racer in racers]
+    assert [racer.returncode for racer in racers] == [0] * 8, errors
 
 
 def test_fallback_without_loop_configure(
