@@ -17,7 +17,10 @@ The model, in the order things happen:
    Other modules load on demand from the unpacked package, through the host's kmod.
 3. **Job.** A second, tiny cpio appended to the first carries the command as a
    shell script (argv quoted, never on the kernel command line) and a per-run
-   random nonce.
+   random nonce.  init deletes the nonce before the command starts, and the
+   host deletes the job's initramfs file once it does: the command's output
+   cannot end the run with a marker by accident (a command bent on forging one,
+   as root in the guest, could still find it in memory; that is not guarded).
 4. **Guest.** init loads the modules, mounts the host root read-only over 9p,
    puts a tmpfs overlay on top so the guest can write, chroots there, changes to the
    host's working directory and runs the command with a small, explicit
@@ -194,6 +197,7 @@ mkdir -p "$tree" && mount --bind "/mnt/host$modules" "$tree" ||
 
 wait
 read -r nonce < /job/nonce
+rm -f /job/nonce
 echo "DMIOCTL_VM_START_$nonce"
 env -i chroot /newroot /bin/sh /run/dmioctl-vm/run.sh < /dev/null
 echo "DMIOCTL_VM_EXIT_$nonce=$?"
@@ -716,7 +720,7 @@ class Job:
     argv: tuple[str, ...]
     cwd: str
     env: Mapping[str, str]
-    nonce: str  #: per-run secret in the status marker, so guest output cannot fake it
+    nonce: str  #: per-run secret in the status marker, so guest output cannot end the run
     modules: Path  #: the kernel package's lib/modules/<release> on the host
 
     def __post_init__(self) -> None:
@@ -984,7 +988,17 @@ def run(
             kernel, initrd, memory=memory, cpus=cpus, disk=disk_path, verbose=verbose
         )
         log.debug("%s", shlex.join(command))
-        status = _supervise(command, job.nonce, timeout, clock, out, err, say, verbose=verbose)
+        status = _supervise(
+            command,
+            job.nonce,
+            timeout,
+            clock,
+            out,
+            err,
+            say,
+            verbose=verbose,
+            on_start=lambda: initrd.unlink(missing_ok=True),
+        )
 
     if verbose:
         say(
@@ -1006,8 +1020,13 @@ def _supervise(
     say: Callable[[str], None],
     *,
     verbose: bool,
+    on_start: Callable[[], None] = lambda: None,
 ) -> int:
-    """Start qemu, stream its console until the status marker, and always reap it."""
+    """Start qemu, stream its console until the status marker, and always reap it.
+
+    ``on_start`` runs once the guest has started the command (qemu has long read
+    its initramfs then).
+    """
     console = ConsoleFilter(nonce)
     boot_log = bytearray()
     clock.launched = time.monotonic()
@@ -1035,6 +1054,7 @@ def _supervise(
                 err.flush()
         if console.started and not clock.started:
             clock.started = time.monotonic()
+            on_start()
         if output and not reader_gone:
             try:
                 out.write(output)

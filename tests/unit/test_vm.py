@@ -606,7 +606,8 @@ def test_real_guest_has_device_mapper_and_returns_the_exact_status() -> None:
     out, err = io.BytesIO(), io.BytesIO()
     script = (
         "test -c /dev/mapper/control || exit 1; test -c /dev/loop-control || exit 2;"
-        ' [ "$(pwd)" = "$1" ] || exit 3; echo "guest ok"; exit 7'
+        ' [ "$(pwd)" = "$1" ] || exit 3; test -e /proc/1/root/job/nonce && exit 4;'
+        ' echo "guest ok"; exit 7'
     )
     status = vm.run(
         ["sh", "-c", script, "sh", str(ROOT)],
