@@ -7,12 +7,14 @@ file on the host.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import logging
 import os
 import re
 import subprocess
+from collections.abc import Iterable
 from pathlib import Path
 
 from layering.errors import InvalidInput, LayeringError
@@ -127,6 +129,44 @@ def mounts_of(major: int, minor: int) -> list[str]:
             if fields[2] == wanted:
                 points.append(os.fsdecode(_OCTAL_ESCAPE.sub(_unescape, fields[4])))
     return points
+
+
+def holders(devices: Iterable[int]) -> dict[int, list[str]]:
+    """Processes using files of the block devices ``devices`` (dev_t): ``pid N (comm)``.
+
+    One pass over /proc: open files, working and root directories, and mapped
+    files (the device field of /proc/<pid>/maps).  Processes that end or cannot
+    be read meanwhile are passed over.  Devices no process uses are left out.
+    """
+    wanted = set(devices)
+    found: dict[int, list[str]] = {}
+    for entry in sorted(os.scandir("/proc"), key=lambda e: int(e.name) if e.name.isdigit() else 0):
+        if not entry.name.isdigit():
+            continue
+        try:
+            used = _devices_used(entry.path) & wanted
+            if used:
+                comm = Path(entry.path, "comm").read_text().strip()
+                for device in used:
+                    found.setdefault(device, []).append(f"pid {entry.name} ({comm})")
+        except OSError:
+            continue
+    return found
+
+
+def _devices_used(proc: str) -> set[int]:
+    paths = [f"{proc}/cwd", f"{proc}/root", *(fd.path for fd in os.scandir(f"{proc}/fd"))]
+    used = set()
+    for path in paths:
+        with contextlib.suppress(OSError):
+            used.add(os.stat(path).st_dev)
+    with open(f"{proc}/maps", "rb") as maps:
+        for line in maps:
+            fields = line.split(maxsplit=5)
+            if len(fields) > 3 and fields[4] != b"0":  # an inode: a file, not anonymous
+                major, _, minor = fields[3].partition(b":")
+                used.add(os.makedev(int(major, 16), int(minor, 16)))
+    return used
 
 
 _OCTAL_ESCAPE = re.compile(rb"\\([0-7]{3})")

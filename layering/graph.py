@@ -31,12 +31,12 @@ from pathlib import Path
 from typing import IO
 from xml.etree import ElementTree
 
-from dmioctl import DeviceMapper, DMError, NoSuchDevice
+from dmioctl import DeviceInfo, DeviceMapper, DMError, NoSuchDevice
 from dmioctl.targets import thin_pool
 from dmioctl.targets.thin_pool import NoSuchThinId
 from layering import fs, layers
 from layering.errors import InvalidInput, LayeringError
-from layering.pool import GiB, Pool, PoolConfig, Usage
+from layering.pool import METADATA_MAX_BYTES, GiB, Pool, PoolConfig, Usage
 from layering.store import (
     Busy,
     HasChildren,
@@ -438,9 +438,7 @@ class Graph:
         ``Graph.open`` brings the pool back, and ``mount`` each container.
         """
         with self.store.exclusive():
-            for layer in self.store.layers(LayerKind.CONTAINER):
-                if layer.mount is not None and os.path.ismount(layer.mount):
-                    fs.umount(layer.mount)
+            self._unmount_containers()
             self.pool.teardown()
 
     def grow(self, *, data_bytes: int | None = None, metadata_bytes: int | None = None) -> Usage:
@@ -478,10 +476,31 @@ class Graph:
     def destroy(self) -> None:
         """Unmount every container, tear the pool down and delete its files and the store."""
         with self.store.exclusive():
-            for layer in self.store.layers(LayerKind.CONTAINER):
-                if layer.mount is not None and os.path.ismount(layer.mount):
-                    fs.umount(layer.mount)
+            self._unmount_containers()
             self._abandon()
+
+    def _unmount_containers(self) -> None:
+        """Unmount every mounted container; if a process uses one, refuse before any.
+
+        Raises:
+            Busy: naming each container in use and the processes using it.
+        """
+        mounted = [
+            (layer, os.stat(layer.mount).st_dev)
+            for layer in self.store.layers(LayerKind.CONTAINER)
+            if layer.mount is not None and os.path.ismount(layer.mount)
+        ]
+        users = fs.holders(device for _, device in mounted)
+        busy = [
+            f"{_label(layer)} (used by {', '.join(users[device])})"
+            for layer, device in mounted
+            if device in users
+        ]
+        if busy:
+            raise Busy(f"in use, so nothing was unmounted: {'; '.join(busy)}")
+        for layer, _ in mounted:
+            assert layer.mount is not None
+            fs.umount(layer.mount)
 
     def _abandon(self) -> None:
         """Tear the pool down, delete its files and the store: the root is as before init."""
@@ -604,9 +623,11 @@ class Graph:
                 continue
             try:
                 fs.umount(path)
-            except fs.FsError:
+            except fs.FsError as exc:
                 if not check_busy:
-                    raise
+                    holders = _holders(device)
+                    message = f"{_label(layer)} cannot be unmounted: {holders}; stop those first"
+                    raise Busy(message) from exc
             else:
                 if path.name.startswith(".work-"):
                     path.rmdir()
@@ -615,13 +636,10 @@ class Graph:
         except NoSuchDevice:
             return  # a deferred removal went through when the last user closed it
         if info.open_count and check_busy:
-            holders = fs.mounts_of(info.major, info.minor)
+            holders = _holders(info)
+            # Removed by the kernel at its last close, should that come first.
             self.pool.deactivate_thin(layer.thin_id, deferred=True)
-            raise Busy(
-                f"{_label(layer)} is busy: open {info.open_count} time(s)"
-                + (f", mounted on {', '.join(holders)}" if holders else "")
-                + "; its device goes when last closed, remove it again then"
-            )
+            raise Busy(f"{_label(layer)} is busy: {holders}; stop those, then remove it again")
         self.pool.deactivate_thin(layer.thin_id)
 
     @contextlib.contextmanager
@@ -702,14 +720,16 @@ def _config(record: PoolRecord) -> PoolConfig:
     if record.backing is PoolBacking.DEVICES:
         return PoolConfig(
             data_bytes=_size_of(record.data),
-            metadata_bytes=_size_of(record.metadata),
+            metadata_bytes=min(_size_of(record.metadata), METADATA_MAX_BYTES),
             block_bytes=block_bytes,
             data_device=str(record.data),
             metadata_device=str(record.metadata),
         )
     return PoolConfig(
         data_bytes=record.data.stat().st_size,
-        metadata_bytes=record.metadata.stat().st_size,
+        # The kernel uses the first 16 GiB of a larger one (a store grown past it by
+        # an older version still opens).
+        metadata_bytes=min(record.metadata.stat().st_size, METADATA_MAX_BYTES),
         block_bytes=block_bytes,
     )
 
@@ -727,6 +747,16 @@ def _leftover_config(record: PoolRecord) -> PoolConfig:
 def _size_of(path: Path) -> int:
     with path.open("rb") as f:
         return f.seek(0, os.SEEK_END)
+
+
+def _holders(device: DeviceInfo) -> str:
+    """Who holds a device, for a Busy message: where it is mounted, which processes use it."""
+    mounts = fs.mounts_of(device.major, device.minor)
+    users = fs.holders([os.makedev(device.major, device.minor)])
+    parts = [f"mounted on {', '.join(mounts)}"] if mounts else []
+    for using in users.values():
+        parts.append(f"used by {', '.join(using)}")
+    return ", ".join(parts) or f"open {device.open_count} time(s)"
 
 
 def _label(layer: Layer) -> str:

@@ -18,7 +18,7 @@ import contextlib
 import hashlib
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from dmioctl import DeviceMapper, NoSuchDevice, block, loop
@@ -323,6 +323,12 @@ class Pool:
         """Grow the data and/or metadata files, then the pool, while it stays online."""
         if self.config.metadata_device is not None:
             raise PoolError("the pool is on given devices: grow them, then run grow again")
+        # The new sizes meet the limits a pool is opened with, or nothing is changed.
+        replace(
+            self.config,
+            data_bytes=data_bytes or self.config.data_bytes,
+            metadata_bytes=metadata_bytes or self.config.metadata_bytes,
+        )
         for path, size in ((self.data_file, data_bytes), (self.metadata_file, metadata_bytes)):
             if size is None:
                 continue
@@ -333,8 +339,10 @@ class Pool:
                 f.truncate(size)
             for info in loop.find(path):
                 loop.refresh_capacity(info.path)
-        _metadata, data = self.backing()
-        thin_pool.grow(self.dm, self.name, self._length(data))
+        metadata, data = self.backing()
+        # The low water mark is a tenth of the blocks again, of the grown pool.
+        low_water = self._builder(metadata, data).low_water_mark_blocks
+        thin_pool.grow(self.dm, self.name, self._length(data), low_water_mark_blocks=low_water)
 
     # Thin devices
 

@@ -30,6 +30,7 @@ and turn the kernel's errno into an error that says what to do.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import errno
 import logging
@@ -436,12 +437,19 @@ def release_metadata_snap(dm: DeviceMapper, pool: str) -> None:
     )
 
 
-def grow(dm: DeviceMapper, pool: str, length: int | None = None) -> None:
+def grow(
+    dm: DeviceMapper,
+    pool: str,
+    length: int | None = None,
+    *,
+    low_water_mark_blocks: int | None = None,
+) -> None:
     """Reload the pool with its own parameters over ``length`` sectors, and resume it.
 
     Call it after the data device grew, with the new length, or after the
     metadata device grew, with no length (the pool notices a larger metadata
-    device on resume).  The pool's table must be one thin-pool target; the
+    device on resume).  ``low_water_mark_blocks`` replaces the pool's, which is
+    otherwise kept.  The pool's table must be one thin-pool target; the
     read-only flag of the device is kept.
 
     Raises:
@@ -460,7 +468,10 @@ def grow(dm: DeviceMapper, pool: str, length: int | None = None) -> None:
         raise InvalidArgument(
             f"grow: {pool!r} has {current.length} sectors; a pool cannot shrink to {new_length}"
         )
-    target = ThinPool.from_params(current.params).target(0, new_length)
+    builder = ThinPool.from_params(current.params)
+    if low_water_mark_blocks is not None:
+        builder = dataclasses.replace(builder, low_water_mark_blocks=low_water_mark_blocks)
+    target = builder.target(0, new_length)
     read_only = dm.info(pool).read_only
     log.debug("growing pool %s from %s to %s sectors", pool, current.length, new_length)
     dm.load_table(pool, [target], read_only=read_only)

@@ -429,3 +429,32 @@ def test_an_origin_left_suspended_by_a_crash_is_resumed(graph: Graph, dm: Device
     assert [layer.name for layer in again.layers(LayerKind.IMAGE)] == ["img"]
     (container.mount / "written-after").write_text("ok")
     os.sync()
+
+
+def test_busy_messages_name_the_processes_and_down_changes_nothing(graph: Graph) -> None:
+    graph.import_layer(tarball({"f": b"f"}), name="img")
+    idle = graph.create_container("img", name="idle")
+    held = graph.create_container("img", name="held")
+    assert idle.mount is not None and held.mount is not None
+    holder = subprocess.Popen(["sleep", "300"], cwd=held.mount)
+    try:
+        with pytest.raises(Busy) as refused:
+            graph.deactivate()
+        assert str(refused.value) == (
+            f"in use, so nothing was unmounted: container held (used by pid {holder.pid} (sleep))"
+        )
+        assert os.path.ismount(idle.mount) and os.path.ismount(held.mount)
+        assert graph.pool.exists()
+
+        with pytest.raises(Busy, match=rf"used by pid {holder.pid} \(sleep\); stop those first"):
+            graph.umount("held")
+        with pytest.raises(Busy) as busy:
+            graph.remove("held")
+        assert f"used by pid {holder.pid} (sleep); stop those, then remove it again" in str(
+            busy.value
+        )
+    finally:
+        holder.kill()
+        holder.wait()
+    graph.remove("held")
+    assert [layer.name for layer in graph.layers(LayerKind.CONTAINER)] == ["idle"]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from dmioctl import DeviceMapper, loop
-from dmioctl.targets.thin_pool import ThinIdInUse
+from dmioctl.targets.thin_pool import ThinIdInUse, ThinPool
 from layering import fs
 from layering.errors import InvalidInput
 from layering.pool import MiB, OutOfSpace, Pool, PoolConfig, PoolError
@@ -134,8 +134,17 @@ def test_grow_online(pool: Pool) -> None:
     pool.grow(data_bytes=1024 * MiB)
     assert pool.usage().data_total == 1024 * MiB
     assert pool.is_active(0)
+    # The low water mark is a tenth of the grown pool's blocks.
+    (table,) = pool.dm.table(pool.name)
+    blocks = 1024 * MiB // pool.config.block_bytes
+    assert ThinPool.from_params(table.params).low_water_mark_blocks == blocks // 10
     with pytest.raises(InvalidInput, match="can only grow"):
         pool.grow(data_bytes=256 * MiB)
+    # Past the limits a pool is opened with: refused, the file left as it was.
+    size = pool.metadata_file.stat().st_size
+    with pytest.raises(InvalidInput, match="between 2 MiB and 16 GiB"):
+        pool.grow(metadata_bytes=20 * 1024 * MiB)
+    assert pool.metadata_file.stat().st_size == size
 
 
 def test_create_refuses_an_existing_root(pool: Pool, dm: DeviceMapper) -> None:
