@@ -458,3 +458,16 @@ def test_busy_messages_name_the_processes_and_down_changes_nothing(graph: Graph)
         holder.wait()
     graph.remove("held")
     assert [layer.name for layer in graph.layers(LayerKind.CONTAINER)] == ["idle"]
+
+
+def test_a_store_whose_metadata_file_grew_past_16_gib_opens(
+    graph: Graph, dm: DeviceMapper
+) -> None:
+    # As an older grow left it: the kernel uses the first 16 GiB of such a device.
+    with graph.pool.metadata_file.open("r+b") as f:
+        f.truncate(20 * 1024 * MiB)
+    graph.close()
+    again = Graph.open(graph.root, dm)
+    graph.store = again.store
+    assert [layer.name for layer in again.layers()] == ["base"]
+    again.import_layer(tarball({"f": b"f"}), name="img")
