@@ -215,9 +215,8 @@ class Environment:
         """``info`` with its name and uuid as the human output prints them."""
         return replace(info, name=self.shown(info.name), uuid=self.shown(info.uuid))
 
-    def shown_block_names(self, major: int, minor: int) -> BlockNames:
-        """The names of a block device as printed: its dm name (sysfs has the kernel's) shown."""
-        names = self.block_names(major, minor)
+    def shown_block_names(self, names: BlockNames) -> BlockNames:
+        """A block device's names as printed: its dm name (sysfs has the kernel's) shown."""
         return BlockNames(names.kernel, None if names.dm is None else self.shown(names.dm))
 
     def control(self) -> DeviceMapper:
@@ -629,7 +628,7 @@ def ls_command(
             click.echo(line)
     else:
         for d in devices:
-            shown = env.shown_block_names(d.major, d.minor).shown(naming)
+            shown = env.shown_block_names(env.block_names(d.major, d.minor)).shown(naming)
             click.echo(f"{env.shown(d.name)}\t({shown or f'{d.major}:{d.minor}'})")
 
 
@@ -1243,7 +1242,7 @@ def deps(env: Environment, device: DeviceRef | None, naming: str, as_json: bool)
 
 def _dep_label(env: Environment, naming: str, major: int, minor: int) -> str:
     """A dependency as ``deps -o naming`` prints it; by number where sysfs has no name."""
-    shown = env.shown_block_names(major, minor).shown(naming)
+    shown = env.shown_block_names(env.block_names(major, minor)).shown(naming)
     return f"({shown})" if shown else f"({major}, {minor})"
 
 
@@ -1253,7 +1252,7 @@ def _dep_json(env: Environment, major: int, minor: int) -> dict[str, object]:
         "major": major,
         "minor": minor,
         "name": names.shown("devname"),
-        "display_name": env.shown_block_names(major, minor).shown("devname"),
+        "display_name": env.shown_block_names(names).shown("devname"),
         "kernel_name": names.kernel,
     }
 
