@@ -163,7 +163,7 @@ def _devices_used(proc: str) -> set[int]:
     with open(f"{proc}/maps", "rb") as maps:
         for line in maps:
             fields = line.split(maxsplit=5)
-            if len(fields) > 3 and fields[4] != b"0":  # an inode: a file, not anonymous
+            if len(fields) > 4 and fields[4] != b"0":  # an inode: a file, not anonymous
                 major, _, minor = fields[3].partition(b":")
                 used.add(os.makedev(int(major, 16), int(minor, 16)))
     return used

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import IO
 from xml.etree import ElementTree
 
-from dmioctl import DeviceInfo, DeviceMapper, DMError, NoSuchDevice
+from dmioctl import DeviceInfo, DeviceMapper, DMError
 from dmioctl.targets import thin_pool
 from dmioctl.targets.thin_pool import NoSuchThinId
 from layering import fs, layers
@@ -612,10 +612,8 @@ class Graph:
         With ``check_busy``, a layer still in use after that is removed deferred
         (when last closed) and :class:`Busy` says who holds it.
         """
-        name = self.pool.thin_name(layer.thin_id)
-        try:
-            device = self.pool.dm.info(name)
-        except NoSuchDevice:
+        device = self.pool.thin_info(layer.thin_id)
+        if device is None:
             return
         for where in fs.mounts_of(device.major, device.minor):
             path = Path(where)
@@ -631,9 +629,8 @@ class Graph:
             else:
                 if path.name.startswith(".work-"):
                     path.rmdir()
-        try:
-            info = self.pool.dm.info(name)
-        except NoSuchDevice:
+        info = self.pool.thin_info(layer.thin_id)
+        if info is None:
             return  # a deferred removal went through when the last user closed it
         if info.open_count and check_busy:
             holders = _holders(info)

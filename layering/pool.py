@@ -21,7 +21,7 @@ import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from dmioctl import DeviceMapper, NoSuchDevice, block, loop
+from dmioctl import DeviceInfo, DeviceMapper, NoSuchDevice, block, loop
 from dmioctl.nodes import node_path
 from dmioctl.table import SECTOR_SIZE
 from dmioctl.targets import thin_pool
@@ -366,12 +366,15 @@ class Pool:
     def set_transaction_id(self, old: int, new: int) -> None:
         thin_pool.set_transaction_id(self.dm, self.name, old, new)
 
-    def is_active(self, thin_id: int) -> bool:
+    def thin_info(self, thin_id: int) -> DeviceInfo | None:
+        """The device of thin ``thin_id`` as the kernel has it, or None while it is inactive."""
         try:
-            self.dm.info(self.thin_name(thin_id))
+            return self.dm.info(self.thin_name(thin_id))
         except NoSuchDevice:
-            return False
-        return True
+            return None
+
+    def is_active(self, thin_id: int) -> bool:
+        return self.thin_info(thin_id) is not None
 
     def activate_thin(self, thin_id: int, size_bytes: int) -> str:
         """Activate thin ``thin_id`` with ``size_bytes`` (or reload it bigger); return its node."""
@@ -381,10 +384,7 @@ class Pool:
         # when something changed.
         pool_device = f"{pool.major}:{pool.minor}"
         target = Thin(pool_device, thin_id).target(0, size_bytes // SECTOR_SIZE)
-        try:
-            active = self.dm.info(name)
-        except NoSuchDevice:
-            active = None
+        active = self.thin_info(thin_id)
         if active is not None and active.deferred_remove:
             raise PoolError(
                 f"{name} is being removed: it goes when its last user closes it; close that first"
